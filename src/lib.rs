@@ -1,0 +1,25 @@
+//! mollie-gateway: a pingora reverse proxy in front of the Mollie API that puts each
+//! merchant's self-refreshing Mollie Connect access token on every request.
+//!
+//! # Layout
+//! - [`config`]: typed settings from `conf/gateway.toml` + `MOLLIE_GATEWAY__…` env, validated.
+//! - [`types`]: `MerchantId` and the secret newtypes (`***` in every `Debug`).
+//! - [`error`]: the gateway's own errors → status, `X-Gateway-Error`, Mollie-shaped body.
+//! - [`upstream`]: upstream/token endpoint URLs and their asynchronous DNS.
+//! - [`oauth`]: the token endpoint client (both grants).
+//! - [`tokens`]: the token cache, single-flight refresh, backoff, background refresher.
+//! - [`store`]: durable credentials (`CredentialStore`; file backend).
+//! - [`proxy`]: the pingora `ProxyHttp` hooks, including the 401 replay.
+//! - [`metrics`]: every Prometheus metric on an injected registry.
+//! - [`app`]: building the pingora server from settings (used by `main.rs`).
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod oauth;
+pub mod proxy;
+pub mod store;
+pub mod tokens;
+pub mod types;
+pub mod upstream;

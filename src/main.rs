@@ -1,0 +1,218 @@
+//! The `mollie-gateway` command: wiring only.
+//!
+//! - `run` (default): serve the proxy (see `app::build_server`).
+//! - `merchants add ID (--refresh-token T | --code C [--redirect-uri U])`, `merchants list`,
+//!   `merchants remove ID`: act on the configured credential store.
+//! - `check-config`: validate and print the effective configuration, secrets masked.
+//!
+//! Every subcommand takes `--config PATH` (default `conf/gateway.toml`, or
+//! `$MOLLIE_GATEWAY_CONFIG`); `MOLLIE_GATEWAY__SECTION__KEY` variables override the file.
+
+use clap::{Parser, Subcommand};
+use mollie_gateway::app::{self, Parts, StartError};
+use mollie_gateway::config::{self, LogFormat, Settings, Source};
+use mollie_gateway::types::{MerchantId, RefreshToken, Secret};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "mollie-gateway", version, about = "Mollie Connect token-injecting gateway")]
+struct Cli {
+    /// Configuration file (default conf/gateway.toml; built-in defaults when that is absent).
+    #[arg(long, global = true, env = "MOLLIE_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy (the default).
+    Run {
+        /// Take over the listening sockets of a running instance (pingora graceful upgrade).
+        #[arg(short = 'u', long)]
+        upgrade: bool,
+    },
+    /// Manage merchants in the credential store.
+    #[command(subcommand)]
+    Merchants(MerchantsCommand),
+    /// Validate the configuration and print it, secrets masked.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum MerchantsCommand {
+    /// Store a merchant: a refresh token as is, or an authorization code exchanged now.
+    Add {
+        id: String,
+        /// The merchant's refresh token (`-` reads it from standard input).
+        #[arg(long, conflicts_with = "code", required_unless_present = "code")]
+        refresh_token: Option<String>,
+        /// An authorization code from Mollie's redirect (`-` reads it from standard input).
+        #[arg(long)]
+        code: Option<String>,
+        /// The redirect URI the code was issued for (default: oauth.redirect_uri if set).
+        #[arg(long, requires = "code")]
+        redirect_uri: Option<String>,
+    },
+    /// List stored merchants (no secrets).
+    List,
+    /// Remove a merchant from the store.
+    Remove { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let (settings, source) = match config::load(cli.config.as_deref(), &env) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("mollie-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run { upgrade: false }) {
+        Command::Run { upgrade } => {
+            init_logging(&settings);
+            log_source(&source);
+            match app::build_server(settings, upgrade) {
+                Ok(server) => server.run_forever(),
+                Err(e) => Err(e),
+            }
+        }
+        Command::CheckConfig => {
+            log_source_to_stdout(&source);
+            print!("{}", settings.to_masked_toml());
+            if let Some(hint) = settings.oauth_setup_hint() {
+                eprintln!("note: {hint}");
+            }
+            Ok(())
+        }
+        Command::Merchants(cmd) => merchants(settings, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mollie-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log_source(source: &Source) {
+    match source {
+        Source::File(p) => tracing::info!(config = %p.display(), "configuration loaded"),
+        Source::EmbeddedDefaults => tracing::info!(
+            "{} not found: using built-in defaults",
+            config::DEFAULT_CONFIG_PATH
+        ),
+    }
+}
+
+fn log_source_to_stdout(source: &Source) {
+    match source {
+        Source::File(p) => println!("# effective configuration from {}", p.display()),
+        Source::EmbeddedDefaults => println!("# effective configuration: built-in defaults"),
+    }
+}
+
+/// One subscriber for our spans and pingora's `log` records; `RUST_LOG` wins over `[log]`.
+fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn secret_arg(value: String, what: &str) -> Result<String, StartError> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut buf = String::new();
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .map_err(|e| StartError(format!("cannot read the {what} from standard input: {e}")))?;
+    let trimmed = buf.trim();
+    if trimmed.is_empty() {
+        return Err(StartError(format!("the {what} on standard input is empty")));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError> {
+    let conf = app::server_conf(&settings);
+    let parts = Parts::new(settings, &conf)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("cannot start a runtime: {e}")))?;
+    let parse_id = |id: &str| MerchantId::parse(id).map_err(|e| StartError(format!("merchant id {id:?} {e}")));
+    rt.block_on(async {
+        match cmd {
+            MerchantsCommand::Add {
+                id,
+                refresh_token,
+                code,
+                redirect_uri,
+            } => {
+                let id = parse_id(&id)?;
+                if let Some(token) = refresh_token {
+                    let token = RefreshToken::new(secret_arg(token, "refresh token")?);
+                    parts
+                        .tokens
+                        .add_refresh_token(&id, token)
+                        .await
+                        .map_err(|e| StartError(e.to_string()))?;
+                    println!("stored merchant {id} (refresh token not verified yet)");
+                } else if let Some(code) = code {
+                    let code = Secret::new(secret_arg(code, "authorization code")?);
+                    parts.prepare().await?;
+                    let redirect = redirect_uri.or_else(|| {
+                        Some(parts.settings.oauth.redirect_uri.clone()).filter(|u| !u.is_empty())
+                    });
+                    parts
+                        .tokens
+                        .add_authorization_code(&id, &code, redirect.as_deref())
+                        .await
+                        .map_err(|e| StartError(format!("cannot onboard {id}: {e}")))?;
+                    println!("stored merchant {id} (authorization code exchanged)");
+                }
+                Ok(())
+            }
+            MerchantsCommand::List => {
+                let all = mollie_gateway::store::CredentialStore::load_all(&parts.store)
+                    .await
+                    .map_err(|e| StartError(e.to_string()))?;
+                println!("{:<40} {:<8} updated_at", "merchant", "state");
+                for (id, m) in all {
+                    let state = if m.revoked { "revoked" } else { "active" };
+                    println!("{:<40} {:<8} {}", id.as_str(), state, m.updated_at);
+                }
+                Ok(())
+            }
+            MerchantsCommand::Remove { id } => {
+                let id = parse_id(&id)?;
+                let removed = parts
+                    .tokens
+                    .remove(&id)
+                    .await
+                    .map_err(|e| StartError(e.to_string()))?;
+                if removed {
+                    println!("removed merchant {id}");
+                    Ok(())
+                } else {
+                    Err(StartError(format!("no merchant {id} in the store")))
+                }
+            }
+        }
+    })
+}

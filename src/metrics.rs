@@ -1,0 +1,193 @@
+//! Every Prometheus metric of the gateway, in one struct on an injected registry.
+//!
+//! Owns: names, help texts, label sets and buckets (DESIGN.md §3, prefix `mollie_gateway_`).
+//! Label handles that the hot path uses are resolved once here, so a request does no label
+//! lookup. Must not: label anything with a secret, or (by default) with a merchant id.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// 100 µs to 30 s, roughly ×2.5 per step.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// `status_class` handles, indexed by the status' first digit (0 = no response).
+    requests_by_class: [IntCounter; 6],
+    pub request_duration_total: Histogram,
+    pub request_duration_gateway: Histogram,
+    pub upstream_401: IntCounter,
+    pub replays: IntCounterVec,
+    pub token_refreshes: IntCounterVec,
+    pub token_refresh_duration: Histogram,
+    pub token_cache_hits: IntCounter,
+    pub token_cache_misses: IntCounter,
+    pub merchants: IntGauge,
+    pub gateway_errors: IntCounterVec,
+    pub store_operations: IntCounterVec,
+}
+
+const PREFIX: &str = "mollie_gateway_";
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("{PREFIX}{name}"), help), labels)
+        .expect("metric definition is valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(format!("{PREFIX}{name}"), help).expect("metric definition is valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    let opts =
+        HistogramOpts::new(format!("{PREFIX}{name}"), help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = Histogram::with_opts(opts).expect("metric definition is valid");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    /// Registers every metric on `registry`. Panics only if the same registry is used twice,
+    /// which is a programming error caught by every test.
+    pub fn new(registry: Registry) -> Metrics {
+        let r = &registry;
+        let requests = counter_vec(
+            r,
+            "requests_total",
+            "Proxied requests by response status class (1xx..5xx; 0 = no response sent).",
+            &["status_class"],
+        );
+        let requests_by_class = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| requests.with_label_values(&[class]));
+        // One name (the DESIGN.md contract), two series told apart by `part`.
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                format!("{PREFIX}request_duration_seconds"),
+                "Request duration in seconds: part=\"total\" from request to response end, \
+                 part=\"gateway\" the time the gateway added before the upstream request \
+                 started (validation, token lookup, waiting for a refresh).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["part"],
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(duration.clone()))
+            .expect("metric registered once");
+        let request_duration_total = duration.with_label_values(&["total"]);
+        let request_duration_gateway = duration.with_label_values(&["gateway"]);
+        let metrics = Metrics {
+            requests_by_class,
+            request_duration_total,
+            request_duration_gateway,
+            upstream_401: counter(
+                r,
+                "upstream_401_total",
+                "401 answers from the Mollie API (each triggers at most one refresh + replay).",
+            ),
+            replays: counter_vec(
+                r,
+                "replays_total",
+                "Requests replayed after an upstream 401, by outcome (replayed, rejected_again, \
+                 body_too_large, refresh_failed).",
+                &["outcome"],
+            ),
+            token_refreshes: counter_vec(
+                r,
+                "token_refreshes_total",
+                "Token endpoint calls by grant (refresh_token, authorization_code) and outcome.",
+                &["grant", "outcome"],
+            ),
+            token_refresh_duration: histogram(
+                r,
+                "token_refresh_duration_seconds",
+                "Duration of token endpoint calls in seconds.",
+            ),
+            token_cache_hits: counter(
+                r,
+                "token_cache_hits_total",
+                "Requests served with a cached access token.",
+            ),
+            token_cache_misses: counter(
+                r,
+                "token_cache_misses_total",
+                "Requests that found no usable cached token and waited for a refresh.",
+            ),
+            merchants: {
+                let g = IntGauge::new(
+                    format!("{PREFIX}merchants"),
+                    "Merchants with stored credentials.",
+                )
+                .expect("metric definition is valid");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            gateway_errors: counter_vec(
+                r,
+                "gateway_errors_total",
+                "Errors the gateway answered itself, by X-Gateway-Error code.",
+                &["code"],
+            ),
+            store_operations: counter_vec(
+                r,
+                "store_operations_total",
+                "Credential store operations by op (load, save, remove) and outcome (ok, error).",
+                &["op", "outcome"],
+            ),
+            registry,
+        };
+        metrics
+    }
+
+    /// Counts one finished request by its status (0 when nothing was sent).
+    pub fn observe_request(&self, status: u16) {
+        let class = usize::from(status / 100).min(5);
+        self.requests_by_class[class].inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(Registry::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_with_prefix_and_classes() {
+        let m = Metrics::default();
+        m.observe_request(201);
+        m.observe_request(503);
+        m.observe_request(0);
+        m.replays.with_label_values(&["replayed"]).inc();
+        let text = m.render();
+        assert!(text.contains("mollie_gateway_requests_total{status_class=\"2xx\"} 1"));
+        assert!(text.contains("mollie_gateway_requests_total{status_class=\"5xx\"} 1"));
+        assert!(text.contains("mollie_gateway_requests_total{status_class=\"0xx\"} 1"));
+        assert!(text.contains("mollie_gateway_replays_total{outcome=\"replayed\"} 1"));
+    }
+}

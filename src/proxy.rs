@@ -1,0 +1,353 @@
+//! The pingora `ProxyHttp` implementation: one merchant's request in, the same request with
+//! that merchant's access token out, the response streamed back.
+//!
+//! Each hook does one job, in the phase where it belongs:
+//! - `request_filter`: reject a bad merchant header and fetch the token *before* anything is
+//!   sent upstream (errors are rendered here, nothing is forwarded);
+//! - `upstream_peer`: the configured upstream only, from resolved addresses (never the
+//!   caller's `Host` or absolute-form target);
+//! - `upstream_request_filter`: the rewrite (runs again on a replay, with the new token);
+//! - `upstream_response_filter`: a 401 invalidates the used token, refreshes, and asks
+//!   pingora to retry (its retry buffer keeps up to 64 KiB of body); `error_while_proxy`
+//!   keeps that retry allowed for non-idempotent methods;
+//! - `fail_to_proxy`: renders every error through `error.rs`;
+//! - `logging`: metrics and the one access-log line.
+
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::tokens::{CachedToken, TokenManager};
+use crate::types::{MerchantId, MerchantIdError};
+use crate::upstream::Endpoint;
+use async_trait::async_trait;
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Idle pooled upstream connections are closed after this long.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Gateway {
+    tokens: TokenManager,
+    upstream: Arc<Endpoint>,
+    /// `Host` for upstream requests, built once.
+    upstream_host: HeaderValue,
+    merchant_header: HeaderName,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub fn new(
+        tokens: TokenManager,
+        upstream: Arc<Endpoint>,
+        merchant_header: &str,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, String> {
+        Ok(Gateway {
+            tokens,
+            upstream_host: HeaderValue::from_str(&upstream.authority)
+                .map_err(|_| format!("{} is not a valid Host header", upstream.authority))?,
+            upstream,
+            merchant_header: HeaderName::from_bytes(merchant_header.as_bytes())
+                .map_err(|_| format!("{merchant_header} is not a header name"))?,
+            connect_timeout,
+            read_timeout,
+            metrics,
+        })
+    }
+
+    /// The merchant named by the request: exactly one valid header.
+    fn merchant(&self, req: &RequestHeader) -> Result<MerchantId, GatewayError> {
+        let mut values = req.headers.get_all(&self.merchant_header).iter();
+        let problem = match (values.next(), values.next()) {
+            (None, _) => "is missing".to_string(),
+            (Some(_), Some(_)) => "is repeated; send it once".to_string(),
+            (Some(v), None) => match MerchantId::parse_bytes(v.as_bytes()) {
+                Ok(id) => return Ok(id),
+                Err(MerchantIdError::Empty) => "is empty".to_string(),
+                Err(e) => e.to_string(),
+            },
+        };
+        Err(GatewayError::MerchantHeader {
+            header: self.merchant_header.to_string(),
+            problem,
+        })
+    }
+
+    /// Answers the caller with a gateway error; the request goes no further.
+    async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, error: GatewayError) {
+        let (header, body) = error.response();
+        ctx.error_code = Some(error.code());
+        // The unread request body makes the connection unusable for another request.
+        session.set_keepalive(None);
+        let written = match session.write_response_header(Box::new(header), false).await {
+            Ok(()) => session.write_response_body(Some(body), true).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "cannot send error response; caller gone");
+        }
+    }
+}
+
+/// Per-request state shared by the hooks.
+pub struct RequestCtx {
+    started: Instant,
+    merchant: Option<MerchantId>,
+    /// The token put on the current attempt (replaced before a replay).
+    token: Option<Arc<CachedToken>>,
+    /// Set when the first upstream attempt starts: the gateway-added latency ends there.
+    upstream_started: Option<Instant>,
+    upstream_status: Option<u16>,
+    /// An upstream 401 was answered by a refresh; the next error is our replay request.
+    replay_pending: bool,
+    replay_outcome: Option<&'static str>,
+    /// A gateway error to render in `fail_to_proxy` (set when a refresh after a 401 fails).
+    error: Option<GatewayError>,
+    error_code: Option<&'static str>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            merchant: None,
+            token: None,
+            upstream_started: None,
+            upstream_status: None,
+            replay_pending: false,
+            replay_outcome: None,
+            error: None,
+            error_code: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let merchant = match self.merchant(session.req_header()) {
+            Ok(m) => m,
+            Err(e) => {
+                self.respond(session, ctx, e).await;
+                return Ok(true);
+            }
+        };
+        let token = self.tokens.get(&merchant).await;
+        ctx.merchant = Some(merchant);
+        match token {
+            Ok(token) => {
+                ctx.token = Some(token);
+                Ok(false)
+            }
+            Err(e) => {
+                let error = e.to_gateway(ctx.merchant.as_ref().expect("set above"));
+                self.respond(session, ctx, error).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.upstream_started.get_or_insert_with(Instant::now);
+        let addr = self.upstream.addr().ok_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                format!("{} is not resolved (DNS)", self.upstream.host),
+            )
+            .into_up()
+        })?;
+        let mut peer = HttpPeer::new(addr, self.upstream.tls, self.upstream.host.clone());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let token = ctx
+            .token
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no token in context"))?;
+        req.remove_header(&self.merchant_header);
+        req.insert_header(AUTHORIZATION, token.bearer.clone())?;
+        req.insert_header(HOST, self.upstream_host.clone())?;
+        if req.uri.authority().is_some() {
+            // Absolute-form target: keep only path and query; the upstream is ours to choose.
+            let origin_form = req
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/");
+            let uri: Uri = origin_form
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
+            req.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        if resp.status != StatusCode::UNAUTHORIZED {
+            return Ok(());
+        }
+        self.metrics.upstream_401.inc();
+        if ctx.replay_outcome.is_some() {
+            ctx.replay_outcome = Some("rejected_again");
+            return Ok(());
+        }
+        if session.retry_buffer_truncated() {
+            ctx.replay_outcome = Some("body_too_large");
+            return Ok(());
+        }
+        let (Some(merchant), Some(used)) = (ctx.merchant.clone(), ctx.token.as_ref()) else {
+            return Ok(());
+        };
+        self.tokens.invalidate(&merchant, used.id);
+        match self.tokens.get(&merchant).await {
+            Ok(fresh) => {
+                ctx.token = Some(fresh);
+                ctx.replay_outcome = Some("replayed");
+                ctx.replay_pending = true;
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(401),
+                    "upstream answered 401; replaying with a refreshed token",
+                );
+                e.set_retry(true);
+                Err(e)
+            }
+            Err(e) => {
+                ctx.replay_outcome = Some("refresh_failed");
+                ctx.error = Some(e.to_gateway(&merchant));
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(401),
+                    "upstream answered 401 and the refresh failed",
+                ))
+            }
+        }
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.replay_pending) {
+            // Our own replay request: allowed for any method, body kept by pingora.
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent() || session.retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+        // A failed refresh after a 401 is logged by the token manager and the access log.
+        ctx.error.is_some()
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let error = match ctx.error.take() {
+            Some(error) => Some(error),
+            None => classify(e),
+        };
+        let Some(error) = error else {
+            // The caller's connection is gone: nothing to answer.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let status = error.status();
+        self.respond(session, ctx, error).await;
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let m = &self.metrics;
+        m.observe_request(status);
+        let total = ctx.started.elapsed();
+        m.request_duration_total.observe(total.as_secs_f64());
+        let gateway = ctx.upstream_started.map(|t| t.duration_since(ctx.started));
+        if let Some(g) = gateway {
+            m.request_duration_gateway.observe(g.as_secs_f64());
+        }
+        if let Some(outcome) = ctx.replay_outcome {
+            m.replays.with_label_values(&[outcome]).inc();
+        }
+        if let Some(code) = ctx.error_code {
+            m.gateway_errors.with_label_values(&[code]).inc();
+        }
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            method = %req.method,
+            path = req.uri.path(),
+            status,
+            merchant = ctx.merchant.as_ref().map(MerchantId::as_str).unwrap_or("-"),
+            upstream_status = ctx.upstream_status.unwrap_or(0),
+            duration_us = total.as_micros() as u64,
+            gateway_us = gateway.map(|g| g.as_micros() as u64).unwrap_or(0),
+            replayed = ctx.replay_outcome == Some("replayed"),
+            error = ctx.error_code.unwrap_or("-"),
+        );
+    }
+}
+
+/// Maps a pingora error to the gateway's answer; `None` when the caller is gone.
+fn classify(e: &Error) -> Option<GatewayError> {
+    use ErrorType::*;
+    let what = e.etype().as_str().to_string();
+    match e.esource() {
+        ErrorSource::Upstream => Some(match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout => GatewayError::UpstreamTimeout(what),
+            _ => GatewayError::UpstreamUnavailable(what),
+        }),
+        ErrorSource::Downstream => match e.etype() {
+            WriteError | ReadError | ConnectionClosed => None,
+            _ => Some(GatewayError::BadRequest(what)),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal(what)),
+    }
+}

@@ -1,0 +1,79 @@
+//! Durable merchant credentials: the [`CredentialStore`] trait and its backends.
+//!
+//! Owns: what is kept across restarts, per merchant: the refresh token (losing it means the
+//! merchant must authorize again), whether it was revoked, and when it last changed. Access
+//! tokens are not stored: they live an hour and are re-fetched on demand.
+//! Must not: hold a lock across `.await` in callers' paths, or ever write a partial record.
+//! Backends: [`file::FileStore`] (embedded default).
+
+pub mod file;
+
+use crate::types::{MerchantId, RefreshToken};
+use serde::{Deserialize, Serialize};
+
+/// One merchant's durable credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredMerchant {
+    pub refresh_token: RefreshToken,
+    /// Set when the token endpoint answered `invalid_grant`: no refresh is tried until a new
+    /// authorization replaces the refresh token.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Unix seconds of the last change.
+    #[serde(default)]
+    pub updated_at: u64,
+}
+
+impl StoredMerchant {
+    pub fn new(refresh_token: RefreshToken) -> Self {
+        StoredMerchant {
+            refresh_token,
+            revoked: false,
+            updated_at: unix_now(),
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("credential store {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("credential store {path} is not valid ({reason}); fix or move it: it is never overwritten while unreadable")]
+    Corrupt { path: String, reason: String },
+}
+
+/// What the gateway, the CLI and the admin API need of a store. Every write is durable when
+/// it returns `Ok` (and atomic: a crash leaves the old or the new state, never a mix).
+#[async_trait::async_trait]
+pub trait CredentialStore: Send + Sync {
+    /// Every merchant.
+    async fn load_all(&self) -> Result<Vec<(MerchantId, StoredMerchant)>, StoreError>;
+    /// One merchant, as stored now (changes made by other processes included).
+    async fn get(&self, id: &MerchantId) -> Result<Option<StoredMerchant>, StoreError>;
+    /// Creates or replaces one merchant.
+    async fn put(&self, id: &MerchantId, merchant: &StoredMerchant) -> Result<(), StoreError>;
+    /// Replaces the refresh token of a merchant that still exists, clearing `revoked`;
+    /// `Ok(false)` when the merchant was removed meanwhile (it is not re-created).
+    async fn rotate(&self, id: &MerchantId, refresh_token: &RefreshToken)
+        -> Result<bool, StoreError>;
+    /// Marks a merchant revoked if its refresh token is still `refresh_token`.
+    async fn mark_revoked(
+        &self,
+        id: &MerchantId,
+        refresh_token: &RefreshToken,
+    ) -> Result<(), StoreError>;
+    /// Removes a merchant; `Ok(false)` when there was none.
+    async fn remove(&self, id: &MerchantId) -> Result<bool, StoreError>;
+}
