@@ -5,6 +5,7 @@
 //! own runtimes (store load, first DNS resolution) on a short-lived runtime.
 //! Must not: parse the command line (main.rs) or serve anything itself.
 
+use crate::admin::Admin;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::oauth::HttpTokenEndpoint;
@@ -12,10 +13,12 @@ use crate::proxy::Gateway;
 use crate::store::file::FileStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
+use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +109,7 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     let conf = server_conf(&settings);
     let listen = settings.server.listen.clone();
     check_bindable("server.listen", &listen, upgrade)?;
+    check_bindable("server.admin_listen", &settings.server.admin_listen, upgrade)?;
     let parts = Parts::new(settings, &conf)?;
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -140,6 +144,19 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
+    let admin = Admin {
+        metrics: parts.metrics.clone(),
+        store: parts.store.clone(),
+        proxy_addr: listen
+            .parse()
+            .map_err(|_| StartError(format!("server.listen {listen} is not ip:port")))?,
+    };
+    let mut admin = Service::new(
+        "mollie-gateway admin".to_string(),
+        HttpServer::new_app(admin),
+    );
+    admin.add_tcp(&s.server.admin_listen);
+    server.add_service(admin);
     server.add_service(background_service(
         "resolver",
         ResolverService {

@@ -11,8 +11,10 @@
 //! - [`store`]: durable credentials (`CredentialStore`; file backend).
 //! - [`proxy`]: the pingora `ProxyHttp` hooks, including the 401 replay.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`app`]: building the pingora server from settings (used by `main.rs`).
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;

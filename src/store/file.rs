@@ -56,6 +56,11 @@ impl FileStore {
         &self.path
     }
 
+    /// Readiness: the file (if it exists) can be read and parsed now.
+    pub fn check_readable(&self) -> Result<(), StoreError> {
+        self.refresh_cache().map(drop)
+    }
+
     fn io_err(&self, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: self.path.display().to_string(),

@@ -1,0 +1,298 @@
+//! Shared test support: the fake Mollie (`fake_mollie`), free ports, and a launcher that runs
+//! the real `mollie-gateway` binary against it on 127.0.0.1.
+#![allow(dead_code)]
+
+pub mod fake_mollie;
+
+use fake_mollie::FakeMollie;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mollie-gateway");
+
+/// A port nothing listens on right now (bound to :0, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Where every test gateway writes its log, so that a test can scan them all for secrets.
+pub fn log_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-logs");
+    std::fs::create_dir_all(&dir).expect("create log dir");
+    dir
+}
+
+/// A running `mollie-gateway run` process and its files.
+pub struct Gateway {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub store: PathBuf,
+    pub log: PathBuf,
+    pub listen: String,
+    pub admin: String,
+    env: Vec<(String, String)>,
+}
+
+/// Builds a gateway configuration around a fake Mollie; `env` overrides go on top.
+pub struct GatewayBuilder {
+    base_url: String,
+    token_url: String,
+    configured: bool,
+    env: Vec<(String, String)>,
+}
+
+impl GatewayBuilder {
+    pub fn new(fake: &FakeMollie) -> Self {
+        GatewayBuilder {
+            base_url: fake.base_url(),
+            token_url: fake.token_url(),
+            configured: true,
+            env: vec![
+                // Fast failures and recoveries for tests.
+                ("OAUTH__TOKEN_TIMEOUT_MS".into(), "1000".into()),
+                ("OAUTH__BACKOFF_MIN_MS".into(), "200".into()),
+                ("OAUTH__BACKOFF_MAX_MS".into(), "1000".into()),
+                ("SERVER__GRACE_PERIOD_SECS".into(), "0".into()),
+                ("SERVER__GRACEFUL_SHUTDOWN_TIMEOUT_SECS".into(), "1".into()),
+            ],
+        }
+    }
+
+    /// Sets `MOLLIE_GATEWAY__<key>` (key like `OAUTH__TOKEN_TIMEOUT_MS`).
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    pub fn token_url(mut self, url: impl Into<String>) -> Self {
+        self.token_url = url.into();
+        self
+    }
+
+    /// No OAuth app configured (client id and secret left empty).
+    pub fn unconfigured(mut self) -> Self {
+        self.configured = false;
+        self
+    }
+
+    /// Writes the config and the store directory; does not start anything.
+    pub fn prepare(self) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let store = dir.path().join("data/credentials.json");
+        let (id, secret) = if self.configured {
+            (fake_mollie::CLIENT_ID, fake_mollie::CLIENT_SECRET)
+        } else {
+            ("", "")
+        };
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+                 [upstream]\nbase_url = \"{}\"\ntoken_url = \"{}\"\n\
+                 [oauth]\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
+                 [store]\npath = {:?}\n",
+                self.base_url,
+                self.token_url,
+                store.display().to_string()
+            ),
+        )
+        .expect("write config");
+        let log = log_dir().join(format!(
+            "gateway-{}-{}.log",
+            std::process::id(),
+            listen.rsplit(':').next().unwrap_or("0")
+        ));
+        Gateway {
+            child: None,
+            dir,
+            config,
+            store,
+            log,
+            listen,
+            admin,
+            env: self
+                .env
+                .into_iter()
+                .map(|(k, v)| (format!("MOLLIE_GATEWAY__{k}"), v))
+                .collect(),
+        }
+    }
+
+    /// Prepares and starts the gateway, waiting until it is ready.
+    pub fn start(self) -> Gateway {
+        let mut gw = self.prepare();
+        gw.spawn();
+        gw
+    }
+}
+
+impl Gateway {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// A command for this gateway's binary and config (CLI subcommands).
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(&self.config);
+        c.env_remove("RUST_LOG");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs a CLI subcommand to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run mollie-gateway")
+    }
+
+    /// Starts `run` and waits (bounded) until `/readyz` answers 200.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = self
+            .command()
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn mollie-gateway");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("gateway exited early ({status}); log:\n{}", self.log_text());
+            }
+            if readyz(&self.admin) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("gateway not ready in 20 s; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The current `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The value of one sample line (`name{labels}`) in `/metrics`, 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+}
+
+/// The value of `sample` (exact name and label text) in a Prometheus text exposition.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+fn readyz(admin: &str) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(admin) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP client for tests: no proxy, no pooling surprises across tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// Reads the credential store file as JSON.
+pub fn read_store(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("read store")).expect("store is JSON")
+}
