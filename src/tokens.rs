@@ -782,3 +782,7 @@ impl pingora::services::background::BackgroundService for RefresherService {
     }
 }
 
+
+#[cfg(test)]
+#[path = "tokens_tests.rs"]
+mod tests;
