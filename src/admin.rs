@@ -49,8 +49,14 @@ impl Admin {
         let probe = tokio::net::TcpStream::connect(self.proxy_addr);
         match tokio::time::timeout(Duration::from_secs(1), probe).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("proxy listener {} not accepting: {e}", self.proxy_addr)),
-            Err(_) => Err(format!("proxy listener {} not accepting in time", self.proxy_addr)),
+            Ok(Err(e)) => Err(format!(
+                "proxy listener {} not accepting: {e}",
+                self.proxy_addr
+            )),
+            Err(_) => Err(format!(
+                "proxy listener {} not accepting in time",
+                self.proxy_addr
+            )),
         }
     }
 }

@@ -93,8 +93,12 @@ impl Parts {
         ] {
             match tokio::time::timeout(INITIAL_RESOLVE_TIMEOUT, ep.resolve()).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(key, error = %e, "DNS failed at start-up; retrying in the background"),
-                Err(_) => tracing::warn!(key, host = %ep.host, "DNS timed out at start-up; retrying in the background"),
+                Ok(Err(e)) => {
+                    tracing::warn!(key, error = %e, "DNS failed at start-up; retrying in the background")
+                }
+                Err(_) => {
+                    tracing::warn!(key, host = %ep.host, "DNS timed out at start-up; retrying in the background")
+                }
             }
         }
         self.tokens
@@ -109,7 +113,11 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     let conf = server_conf(&settings);
     let listen = settings.server.listen.clone();
     check_bindable("server.listen", &listen, upgrade)?;
-    check_bindable("server.admin_listen", &settings.server.admin_listen, upgrade)?;
+    check_bindable(
+        "server.admin_listen",
+        &settings.server.admin_listen,
+        upgrade,
+    )?;
     let parts = Parts::new(settings, &conf)?;
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()

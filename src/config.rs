@@ -392,17 +392,30 @@ impl Settings {
             ));
         }
         check_url(&mut p, "upstream.base_url", &self.upstream.base_url, false);
-        check_url(&mut p, "upstream.token_url", &self.upstream.token_url, false);
+        check_url(
+            &mut p,
+            "upstream.token_url",
+            &self.upstream.token_url,
+            false,
+        );
         check_url(
             &mut p,
             "upstream.public_base_url",
             &self.upstream.public_base_url,
             true,
         );
-        check_url(&mut p, "oauth.authorize_url", &self.oauth.authorize_url, false);
+        check_url(
+            &mut p,
+            "oauth.authorize_url",
+            &self.oauth.authorize_url,
+            false,
+        );
         check_url(&mut p, "oauth.redirect_uri", &self.oauth.redirect_uri, true);
         for (key, ms) in [
-            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
             ("upstream.read_timeout_ms", self.upstream.read_timeout_ms),
             ("oauth.token_timeout_ms", self.oauth.token_timeout_ms),
             ("oauth.backoff_min_ms", self.oauth.backoff_min_ms),

@@ -16,17 +16,16 @@ pub const ERROR_DOCS_URL: &str = "https://docs.mollie.com/reference/handling-err
 pub enum GatewayError {
     /// The merchant header is missing, empty, repeated or malformed; the text says which.
     #[error("the {header} header {problem}")]
-    MerchantHeader {
-        header: String,
-        problem: String,
-    },
+    MerchantHeader { header: String, problem: String },
     #[error("no credentials are stored for merchant {0}; onboard it first")]
     UnknownMerchant(String),
     #[error(
         "merchant {0} revoked the gateway's authorization (invalid_grant); it must connect again"
     )]
     AuthorizationRevoked(String),
-    #[error("the Mollie token endpoint is unavailable ({reason}); retry after {retry_after_secs} s")]
+    #[error(
+        "the Mollie token endpoint is unavailable ({reason}); retry after {retry_after_secs} s"
+    )]
     TokenEndpointUnavailable {
         reason: String,
         retry_after_secs: u64,
@@ -59,9 +58,7 @@ impl GatewayError {
             GatewayError::TokenEndpointUnavailable { .. }
             | GatewayError::OAuthMisconfigured { .. }
             | GatewayError::StoreUnavailable(_) => 503,
-            GatewayError::TokenEndpointBadResponse(_) | GatewayError::UpstreamUnavailable(_) => {
-                502
-            }
+            GatewayError::TokenEndpointBadResponse(_) | GatewayError::UpstreamUnavailable(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
         }
     }

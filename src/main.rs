@@ -18,7 +18,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "mollie-gateway", version, about = "Mollie Connect token-injecting gateway")]
+#[command(
+    name = "mollie-gateway",
+    version,
+    about = "Mollie Connect token-injecting gateway"
+)]
 struct Cli {
     /// Configuration file (default conf/gateway.toml; built-in defaults when that is absent).
     #[arg(long, global = true, env = "MOLLIE_GATEWAY_CONFIG")]
@@ -155,7 +159,8 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("cannot start a runtime: {e}")))?;
-    let parse_id = |id: &str| MerchantId::parse(id).map_err(|e| StartError(format!("merchant id {id:?} {e}")));
+    let parse_id =
+        |id: &str| MerchantId::parse(id).map_err(|e| StartError(format!("merchant id {id:?} {e}")));
     rt.block_on(async {
         match cmd {
             MerchantsCommand::Add {

@@ -47,10 +47,16 @@ impl Grant<'_> {
     fn params(&self) -> Vec<(&'static str, &str)> {
         match self {
             Grant::RefreshToken(t) => {
-                vec![("grant_type", "refresh_token"), ("refresh_token", t.expose())]
+                vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", t.expose()),
+                ]
             }
             Grant::AuthorizationCode { code, redirect_uri } => {
-                let mut p = vec![("grant_type", "authorization_code"), ("code", code.expose())];
+                let mut p = vec![
+                    ("grant_type", "authorization_code"),
+                    ("code", code.expose()),
+                ];
                 if let Some(uri) = redirect_uri {
                     p.push(("redirect_uri", uri));
                 }
@@ -134,7 +140,9 @@ pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenSet, OAuthE
                 .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs)
-                .ok_or_else(|| OAuthError::BadResponse("expires_in is not a positive number".into()))?,
+                .ok_or_else(|| {
+                    OAuthError::BadResponse("expires_in is not a positive number".into())
+                })?,
         };
         return Ok(TokenSet {
             access_token: AccessToken::new(access),
@@ -149,7 +157,9 @@ pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenSet, OAuthE
         return Err(OAuthError::Unavailable(format!("status {status}")));
     }
     let parsed: ErrorBody = serde_json::from_slice(body).map_err(|_| {
-        OAuthError::BadResponse(format!("status {status} with a body that is not RFC 6749 JSON"))
+        OAuthError::BadResponse(format!(
+            "status {status} with a body that is not RFC 6749 JSON"
+        ))
     })?;
     // The description is the server's prose; keep it short and printable in our messages.
     let desc: String = parsed
@@ -181,7 +191,10 @@ fn encode_body(grant: &Grant<'_>, format: TokenBody) -> (Bytes, &'static str) {
             for (k, v) in params {
                 ser.append_pair(k, v);
             }
-            (Bytes::from(ser.finish()), "application/x-www-form-urlencoded")
+            (
+                Bytes::from(ser.finish()),
+                "application/x-www-form-urlencoded",
+            )
         }
         TokenBody::Json => {
             let map: serde_json::Map<String, serde_json::Value> = params
@@ -260,7 +273,10 @@ impl HttpTokenEndpoint {
             ("Authorization", self.basic.expose()),
             ("Content-Type", content_type),
             ("Accept", "application/json"),
-            ("User-Agent", concat!("mollie-gateway/", env!("CARGO_PKG_VERSION"))),
+            (
+                "User-Agent",
+                concat!("mollie-gateway/", env!("CARGO_PKG_VERSION")),
+            ),
         ];
         for (name, value) in headers {
             req.insert_header(name, value)
@@ -357,20 +373,36 @@ mod tests {
         use OAuthError::*;
         let cases: [(u16, &[u8], fn(&OAuthError) -> bool); 9] = [
             (200, b"<html>oops</html>", |e| matches!(e, BadResponse(_))),
-            (200, br#"{"token_type":"bearer"}"#, |e| matches!(e, BadResponse(_))),
-            (200, br#"{"access_token":"a b"}"#, |e| matches!(e, BadResponse(_))),
-            (200, br#"{"access_token":"a","expires_in":-5}"#, |e| matches!(e, BadResponse(_))),
+            (200, br#"{"token_type":"bearer"}"#, |e| {
+                matches!(e, BadResponse(_))
+            }),
+            (200, br#"{"access_token":"a b"}"#, |e| {
+                matches!(e, BadResponse(_))
+            }),
+            (200, br#"{"access_token":"a","expires_in":-5}"#, |e| {
+                matches!(e, BadResponse(_))
+            }),
             (503, b"<html>down</html>", |e| matches!(e, Unavailable(_))),
             (429, b"", |e| matches!(e, Unavailable(_))),
-            (400, br#"{"error":"invalid_grant","error_description":"gone"}"#, |e| {
-                matches!(e, InvalidGrant(d) if d == "gone")
+            (
+                400,
+                br#"{"error":"invalid_grant","error_description":"gone"}"#,
+                |e| matches!(e, InvalidGrant(d) if d == "gone"),
+            ),
+            (401, br#"{"error":"invalid_client"}"#, |e| {
+                matches!(e, InvalidClient(_))
             }),
-            (401, br#"{"error":"invalid_client"}"#, |e| matches!(e, InvalidClient(_))),
-            (400, br#"{"error":"invalid_scope"}"#, |e| matches!(e, BadResponse(_))),
+            (400, br#"{"error":"invalid_scope"}"#, |e| {
+                matches!(e, BadResponse(_))
+            }),
         ];
         for (status, body, check) in cases {
             let e = parse_token_response(status, body).unwrap_err();
-            assert!(check(&e), "{status} {:?} gave {e:?}", String::from_utf8_lossy(body));
+            assert!(
+                check(&e),
+                "{status} {:?} gave {e:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -379,7 +411,10 @@ mod tests {
         let rt = RefreshToken::new("refresh_a+b&c");
         let (form, ct) = encode_body(&Grant::RefreshToken(&rt), TokenBody::Form);
         assert_eq!(ct, "application/x-www-form-urlencoded");
-        assert_eq!(&form[..], b"grant_type=refresh_token&refresh_token=refresh_a%2Bb%26c");
+        assert_eq!(
+            &form[..],
+            b"grant_type=refresh_token&refresh_token=refresh_a%2Bb%26c"
+        );
         let code = Secret::new("code_1");
         let grant = Grant::AuthorizationCode {
             code: &code,

@@ -218,14 +218,15 @@ impl ProxyHttp for Gateway {
             ctx.replay_outcome = Some("rejected_again");
             return Ok(());
         }
-        if session.retry_buffer_truncated() {
-            ctx.replay_outcome = Some("body_too_large");
-            return Ok(());
-        }
         let (Some(merchant), Some(used)) = (ctx.merchant.clone(), ctx.token.as_ref()) else {
             return Ok(());
         };
         self.tokens.invalidate(&merchant, used.id);
+        if session.retry_buffer_truncated() {
+            // Cannot replay: the caller gets this 401; the next request gets a fresh token.
+            ctx.replay_outcome = Some("body_too_large");
+            return Ok(());
+        }
         match self.tokens.get(&merchant).await {
             Ok(fresh) => {
                 ctx.token = Some(fresh);
@@ -261,8 +262,7 @@ impl ProxyHttp for Gateway {
         if std::mem::take(&mut ctx.replay_pending) {
             // Our own replay request: allowed for any method, body kept by pingora.
             e.set_retry(true);
-        } else if !session.req_header().method.is_idempotent() || session.retry_buffer_truncated()
-        {
+        } else if !session.req_header().method.is_idempotent() || session.retry_buffer_truncated() {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);

@@ -118,11 +118,17 @@ pub enum TokenError {
     #[error("authorization revoked")]
     Revoked,
     #[error("token endpoint unavailable: {reason}")]
-    Unavailable { reason: String, retry_after: Duration },
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
     #[error("token endpoint bad response: {0}")]
     BadResponse(String),
     #[error("OAuth app misconfigured: {reason}")]
-    Misconfigured { reason: String, retry_after: Duration },
+    Misconfigured {
+        reason: String,
+        retry_after: Duration,
+    },
     #[error("credential store: {0}")]
     Store(String),
 }
@@ -304,7 +310,10 @@ impl TokenManager {
         for (id, stored) in all {
             self.inner.slots.insert(id, Slot::new(stored));
         }
-        self.inner.metrics.merchants.set(self.inner.slots.len() as i64);
+        self.inner
+            .metrics
+            .merchants
+            .set(self.inner.slots.len() as i64);
         Ok(n)
     }
 
@@ -405,7 +414,10 @@ impl TokenManager {
                     .slots
                     .entry(merchant.clone())
                     .or_insert_with(|| Slot::new(stored));
-                self.inner.metrics.merchants.set(self.inner.slots.len() as i64);
+                self.inner
+                    .metrics
+                    .merchants
+                    .set(self.inner.slots.len() as i64);
                 Ok(())
             }
             Ok(None) => Err(TokenError::UnknownMerchant),
@@ -445,7 +457,11 @@ impl TokenManager {
     /// One refresh: call the token endpoint, store a rotated refresh token, then install.
     async fn refresh(&self, merchant: &MerchantId, used: RefreshToken, id: u64) -> RefreshResult {
         let issued = Instant::now();
-        let answer = self.inner.endpoint.exchange(Grant::RefreshToken(&used)).await;
+        let answer = self
+            .inner
+            .endpoint
+            .exchange(Grant::RefreshToken(&used))
+            .await;
         self.inner
             .metrics
             .token_refresh_duration
@@ -454,7 +470,9 @@ impl TokenManager {
         let set = match answer {
             Ok(set) => set,
             Err(OAuthError::InvalidGrant(_)) => {
-                tracing::warn!("refresh token rejected (invalid_grant): merchant must authorize again");
+                tracing::warn!(
+                    "refresh token rejected (invalid_grant): merchant must authorize again"
+                );
                 let stored = self.inner.store.mark_revoked(merchant, &used).await;
                 self.count_store("save", stored.is_ok());
                 if let Err(e) = stored {
@@ -576,7 +594,11 @@ impl TokenManager {
             }
             Err(e) => {
                 slot.failures = slot.failures.saturating_add(1);
-                let delay = self.inner.policy.backoff.delay(slot.failures, fastrand::f64());
+                let delay = self
+                    .inner
+                    .policy
+                    .backoff
+                    .delay(slot.failures, fastrand::f64());
                 slot.backoff_until = Some(now + delay);
                 let e = e.with_retry_after(delay);
                 slot.last_error = Some(e.clone());
@@ -624,7 +646,10 @@ impl TokenManager {
         self.count_store("save", put.is_ok());
         put.map_err(|e| TokenError::Store(e.to_string()))?;
         self.inner.slots.insert(merchant.clone(), Slot::new(stored));
-        self.inner.metrics.merchants.set(self.inner.slots.len() as i64);
+        self.inner
+            .metrics
+            .merchants
+            .set(self.inner.slots.len() as i64);
         Ok(())
     }
 
@@ -669,14 +694,21 @@ impl TokenManager {
         self.count_store("remove", removed.is_ok());
         let removed = removed.map_err(|e| TokenError::Store(e.to_string()))?;
         self.inner.slots.remove(merchant);
-        self.inner.metrics.merchants.set(self.inner.slots.len() as i64);
+        self.inner
+            .metrics
+            .merchants
+            .set(self.inner.slots.len() as i64);
         Ok(removed)
     }
 
     /// Every cached merchant's state, sorted by id.
     pub fn statuses(&self) -> Vec<MerchantStatus> {
         let now = Instant::now();
-        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        };
         let mut all: Vec<MerchantStatus> = self
             .inner
             .slots
@@ -709,7 +741,11 @@ impl TokenManager {
     fn run_due(&self, now: Instant) -> Option<Instant> {
         loop {
             let due = {
-                let mut heap = self.inner.schedule.lock().unwrap_or_else(|p| p.into_inner());
+                let mut heap = self
+                    .inner
+                    .schedule
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 match heap.peek() {
                     Some(Reverse((at, _, _))) if *at <= now => heap.pop(),
                     Some(Reverse((at, _, _))) => return Some(*at),
@@ -781,7 +817,6 @@ impl pingora::services::background::BackgroundService for RefresherService {
         .await
     }
 }
-
 
 #[cfg(test)]
 #[path = "tokens_tests.rs"]

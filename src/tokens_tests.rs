@@ -14,7 +14,10 @@ struct Scripted {
 }
 
 impl Scripted {
-    fn new(delay: Duration, answers: Vec<Result<(String, Option<String>, u64), OAuthError>>) -> Arc<Self> {
+    fn new(
+        delay: Duration,
+        answers: Vec<Result<(String, Option<String>, u64), OAuthError>>,
+    ) -> Arc<Self> {
         Arc::new(Scripted {
             answers: Mutex::new(answers.into()),
             calls: AtomicUsize::new(0),
@@ -59,7 +62,13 @@ struct MemoryStore {
 #[async_trait::async_trait]
 impl CredentialStore for MemoryStore {
     async fn load_all(&self) -> Result<Vec<(MerchantId, StoredMerchant)>, StoreError> {
-        Ok(self.map.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .map
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
     async fn get(&self, id: &MerchantId) -> Result<Option<StoredMerchant>, StoreError> {
         Ok(self.map.lock().unwrap().get(id).cloned())
@@ -109,7 +118,12 @@ async fn manager(endpoint: Arc<Scripted>) -> (TokenManager, Arc<MemoryStore>) {
         .put(&m1(), &StoredMerchant::new(RefreshToken::new("refresh_1")))
         .await
         .unwrap();
-    let tm = TokenManager::new(endpoint, store.clone(), policy(), Arc::new(Metrics::default()));
+    let tm = TokenManager::new(
+        endpoint,
+        store.clone(),
+        policy(),
+        Arc::new(Metrics::default()),
+    );
     tm.load().await.unwrap();
     (tm, store)
 }
@@ -134,7 +148,8 @@ fn skew_is_capped_at_half_the_lifetime() {
 #[test]
 fn jitter_spreads_background_refreshes_over_half_the_window() {
     let t0 = Instant::now();
-    let at = |u| token_times(t0, Duration::from_secs(3600), Duration::from_secs(300), u).background_at;
+    let at =
+        |u| token_times(t0, Duration::from_secs(3600), Duration::from_secs(300), u).background_at;
     assert_eq!(at(0.0) - at(1.0), Duration::from_secs(150));
     assert!(at(0.5) < at(0.0) && at(0.5) > at(1.0));
 }
@@ -155,10 +170,12 @@ fn backoff_doubles_with_equal_jitter_and_is_capped() {
 async fn concurrent_callers_share_one_refresh() {
     let ep = Scripted::new(Duration::from_millis(300), vec![ok("access_a", 3600)]);
     let (tm, _) = manager(ep.clone()).await;
-    let calls: Vec<_> = (0..100).map(|_| {
-        let tm = tm.clone();
-        tokio::spawn(async move { tm.get(&m1()).await })
-    }).collect();
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let tm = tm.clone();
+            tokio::spawn(async move { tm.get(&m1()).await })
+        })
+        .collect();
     for c in calls {
         assert_eq!(bearer(&c.await.unwrap().unwrap()), "Bearer access_a");
     }
@@ -207,15 +224,25 @@ async fn failures_back_off_with_retry_after_then_recover() {
     assert!(retry_after >= Duration::from_millis(500) && retry_after <= Duration::from_secs(1));
     // During the backoff: answered at once, no call.
     for _ in 0..5 {
-        assert!(matches!(tm.get(&m1()).await, Err(TokenError::Unavailable { .. })));
+        assert!(matches!(
+            tm.get(&m1()).await,
+            Err(TokenError::Unavailable { .. })
+        ));
     }
     assert_eq!(ep.calls(), 1);
     tokio::time::advance(retry_after).await;
-    let Err(TokenError::Unavailable { retry_after: second, .. }) = tm.get(&m1()).await else {
+    let Err(TokenError::Unavailable {
+        retry_after: second,
+        ..
+    }) = tm.get(&m1()).await
+    else {
         panic!("expected unavailable");
     };
     assert_eq!(ep.calls(), 2);
-    assert!(second >= Duration::from_secs(1), "second backoff doubles: {second:?}");
+    assert!(
+        second >= Duration::from_secs(1),
+        "second backoff doubles: {second:?}"
+    );
     tokio::time::advance(second).await;
     assert_eq!(bearer(&tm.get(&m1()).await.unwrap()), "Bearer access_ok");
     assert_eq!(ep.calls(), 3);
@@ -223,7 +250,10 @@ async fn failures_back_off_with_retry_after_then_recover() {
 
 #[tokio::test(start_paused = true)]
 async fn invalid_grant_revokes_for_good() {
-    let ep = Scripted::new(Duration::ZERO, vec![Err(OAuthError::InvalidGrant("gone".into()))]);
+    let ep = Scripted::new(
+        Duration::ZERO,
+        vec![Err(OAuthError::InvalidGrant("gone".into()))],
+    );
     let (tm, store) = manager(ep.clone()).await;
     assert_eq!(tm.get(&m1()).await.unwrap_err(), TokenError::Revoked);
     tokio::time::advance(Duration::from_secs(3600)).await;
@@ -232,7 +262,9 @@ async fn invalid_grant_revokes_for_good() {
     assert!(store.get(&m1()).await.unwrap().unwrap().revoked);
     assert_eq!(tm.statuses()[0].state, "revoked");
     // A new authorization brings the merchant back.
-    tm.add_refresh_token(&m1(), RefreshToken::new("refresh_2")).await.unwrap();
+    tm.add_refresh_token(&m1(), RefreshToken::new("refresh_2"))
+        .await
+        .unwrap();
     assert!(!store.get(&m1()).await.unwrap().unwrap().revoked);
 }
 
@@ -240,7 +272,11 @@ async fn invalid_grant_revokes_for_good() {
 async fn rotated_refresh_token_is_stored_before_the_access_token_is_used() {
     let ep = Scripted::new(
         Duration::ZERO,
-        vec![Ok(("access_r".into(), Some("refresh_rotated".into()), 3600))],
+        vec![Ok((
+            "access_r".into(),
+            Some("refresh_rotated".into()),
+            3600,
+        ))],
     );
     let (tm, store) = manager(ep.clone()).await;
     tm.get(&m1()).await.unwrap();
@@ -250,7 +286,10 @@ async fn rotated_refresh_token_is_stored_before_the_access_token_is_used() {
 
 #[tokio::test(start_paused = true)]
 async fn an_upstream_401_invalidates_only_the_token_it_used() {
-    let ep = Scripted::new(Duration::ZERO, vec![ok("access_a", 3600), ok("access_b", 3600)]);
+    let ep = Scripted::new(
+        Duration::ZERO,
+        vec![ok("access_a", 3600), ok("access_b", 3600)],
+    );
     let (tm, _) = manager(ep.clone()).await;
     let a = tm.get(&m1()).await.unwrap();
     assert!(tm.invalidate(&m1(), a.id));
@@ -281,7 +320,10 @@ async fn waiters_time_out_and_a_stuck_leader_is_replaced() {
 
 #[tokio::test(start_paused = true)]
 async fn background_refresher_refreshes_before_the_window() {
-    let ep = Scripted::new(Duration::ZERO, vec![ok("access_a", 3600), ok("access_b", 3600)]);
+    let ep = Scripted::new(
+        Duration::ZERO,
+        vec![ok("access_a", 3600), ok("access_b", 3600)],
+    );
     let (tm, _) = manager(ep.clone()).await;
     tm.get(&m1()).await.unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);

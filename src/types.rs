@@ -154,7 +154,10 @@ mod tests {
         assert!(MerchantId::parse("org_12345").is_ok());
         assert_eq!(MerchantId::parse(""), Err(MerchantIdError::Empty));
         assert_eq!(MerchantId::parse("a b"), Err(MerchantIdError::NotPrintable));
-        assert_eq!(MerchantId::parse("tab\t"), Err(MerchantIdError::NotPrintable));
+        assert_eq!(
+            MerchantId::parse("tab\t"),
+            Err(MerchantIdError::NotPrintable)
+        );
         assert_eq!(MerchantId::parse("é"), Err(MerchantIdError::NotPrintable));
         let long = "m".repeat(MAX_MERCHANT_ID_LEN);
         assert!(MerchantId::parse(&long).is_ok());

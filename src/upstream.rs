@@ -143,7 +143,10 @@ mod tests {
     fn parses_urls() {
         let e = Endpoint::parse("https://api.mollie.com").unwrap();
         assert!(e.tls);
-        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("api.mollie.com", 443, ""));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("api.mollie.com", 443, "")
+        );
         assert_eq!(e.authority, "api.mollie.com");
         assert_eq!(e.addr(), None);
         let t = Endpoint::parse("http://127.0.0.1:8081/oauth2/tokens").unwrap();

@@ -11,7 +11,10 @@ async fn forwards_method_path_query_body_and_the_response_back() {
     let fake = FakeMollie::start().await;
     let refresh = fake.add_merchant("m1");
     let gw = GatewayBuilder::new(&fake).prepare();
-    assert!(gw.cli(&["merchants", "add", "m1", "--refresh-token", &refresh]).status.success());
+    assert!(gw
+        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
+        .status
+        .success());
     let mut gw = gw;
     gw.spawn();
 
@@ -20,10 +23,16 @@ async fn forwards_method_path_query_body_and_the_response_back() {
         let resp = client()
             .request(
                 method.parse().unwrap(),
-                format!("{}/v2/echo/payments/tr_1?limit=5&from=tr_a%20b", gw.base_url()),
+                format!(
+                    "{}/v2/echo/payments/tr_1?limit=5&from=tr_a%20b",
+                    gw.base_url()
+                ),
             )
             .header("X-Merchant-Id", "m1")
-            .header("Authorization", "Bearer test_gatewaygatewaygatewaygatewayga")
+            .header(
+                "Authorization",
+                "Bearer test_gatewaygatewaygatewaygatewayga",
+            )
             .header("Idempotency-Key", "idem-123")
             .header("Content-Type", "application/json")
             .body(body.clone())
@@ -46,7 +55,10 @@ async fn forwards_method_path_query_body_and_the_response_back() {
     let token = fake.current_access_token("m1").unwrap();
     for req in &seen {
         // The caller's dummy key is gone, the merchant's token is the only Authorization.
-        assert_eq!(req.header_values("authorization"), vec![format!("Bearer {token}")]);
+        assert_eq!(
+            req.header_values("authorization"),
+            vec![format!("Bearer {token}")]
+        );
         assert!(req.header("x-merchant-id").is_none());
         assert_eq!(req.header("idempotency-key"), Some("idem-123"));
         assert_eq!(req.header("host"), Some(fake.addr().to_string().as_str()));
@@ -58,7 +70,10 @@ async fn upstream_statuses_and_bodies_pass_through_unchanged() {
     let fake = FakeMollie::start().await;
     let refresh = fake.add_merchant("m1");
     let mut gw = GatewayBuilder::new(&fake).prepare();
-    assert!(gw.cli(&["merchants", "add", "m1", "--refresh-token", &refresh]).status.success());
+    assert!(gw
+        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
+        .status
+        .success());
     gw.spawn();
 
     let resp = client()
@@ -91,7 +106,10 @@ async fn absolute_form_targets_and_host_headers_cannot_redirect_the_upstream() {
     let fake = FakeMollie::start().await;
     let refresh = fake.add_merchant("m1");
     let mut gw = GatewayBuilder::new(&fake).prepare();
-    assert!(gw.cli(&["merchants", "add", "m1", "--refresh-token", &refresh]).status.success());
+    assert!(gw
+        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
+        .status
+        .success());
     gw.spawn();
 
     let mut s = tokio::net::TcpStream::connect(&gw.listen).await.unwrap();
@@ -108,5 +126,8 @@ async fn absolute_form_targets_and_host_headers_cannot_redirect_the_upstream() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/v2/echo/abs");
     assert_eq!(seen[0].query.as_deref(), Some("x=1"));
-    assert_eq!(seen[0].header("host"), Some(fake.addr().to_string().as_str()));
+    assert_eq!(
+        seen[0].header("host"),
+        Some(fake.addr().to_string().as_str())
+    );
 }

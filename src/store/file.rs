@@ -148,7 +148,10 @@ impl FileStore {
         p.into()
     }
 
-    fn write_atomically(&self, map: &BTreeMap<MerchantId, StoredMerchant>) -> Result<(), StoreError> {
+    fn write_atomically(
+        &self,
+        map: &BTreeMap<MerchantId, StoredMerchant>,
+    ) -> Result<(), StoreError> {
         #[derive(Serialize)]
         struct Out<'a> {
             version: u32,
@@ -300,8 +303,14 @@ mod tests {
             .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(store.rotate(&id("m1"), &RefreshToken::new("r2")).await.unwrap());
-        assert!(!store.rotate(&id("gone"), &RefreshToken::new("x")).await.unwrap());
+        assert!(store
+            .rotate(&id("m1"), &RefreshToken::new("r2"))
+            .await
+            .unwrap());
+        assert!(!store
+            .rotate(&id("gone"), &RefreshToken::new("x"))
+            .await
+            .unwrap());
         // A second handle (another process, in effect) sees the change.
         let other = FileStore::open(&path).unwrap();
         let m1 = other.get(&id("m1")).await.unwrap().unwrap();
@@ -311,9 +320,15 @@ mod tests {
             .put(&id("m2"), &StoredMerchant::new(RefreshToken::new("q")))
             .await
             .unwrap();
-        store.mark_revoked(&id("m1"), &RefreshToken::new("old")).await.unwrap();
+        store
+            .mark_revoked(&id("m1"), &RefreshToken::new("old"))
+            .await
+            .unwrap();
         assert!(!store.get(&id("m1")).await.unwrap().unwrap().revoked);
-        store.mark_revoked(&id("m1"), &RefreshToken::new("r2")).await.unwrap();
+        store
+            .mark_revoked(&id("m1"), &RefreshToken::new("r2"))
+            .await
+            .unwrap();
         let all = FileStore::open(&path).unwrap().load_all().await.unwrap();
         assert_eq!(all.len(), 2);
         assert!(all[0].1.revoked);

@@ -66,8 +66,11 @@ pub trait CredentialStore: Send + Sync {
     async fn put(&self, id: &MerchantId, merchant: &StoredMerchant) -> Result<(), StoreError>;
     /// Replaces the refresh token of a merchant that still exists, clearing `revoked`;
     /// `Ok(false)` when the merchant was removed meanwhile (it is not re-created).
-    async fn rotate(&self, id: &MerchantId, refresh_token: &RefreshToken)
-        -> Result<bool, StoreError>;
+    async fn rotate(
+        &self,
+        id: &MerchantId,
+        refresh_token: &RefreshToken,
+    ) -> Result<bool, StoreError>;
     /// Marks a merchant revoked if its refresh token is still `refresh_token`.
     async fn mark_revoked(
         &self,

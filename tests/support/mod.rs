@@ -159,7 +159,10 @@ impl Gateway {
 
     /// Runs a CLI subcommand to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().expect("run mollie-gateway")
+        self.command()
+            .args(args)
+            .output()
+            .expect("run mollie-gateway")
     }
 
     /// Starts `run` and waits (bounded) until `/readyz` answers 200.
@@ -185,7 +188,11 @@ impl Gateway {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("gateway exited early ({status}); log:\n{}", self.log_text());
             }
             if readyz(&self.admin) {
@@ -266,8 +273,7 @@ fn readyz(admin: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
