@@ -340,12 +340,19 @@ impl TokenManager {
     }
 
     async fn get_slow(&self, merchant: &MerchantId) -> RefreshResult {
-        // Twice at most: once to load an unknown merchant from the store, once to use it.
-        for _ in 0..2 {
+        // Twice at most: once to (re)load the merchant from the store, once to use it.
+        for attempt in 0..2 {
             match self.decide(merchant, Instant::now()) {
                 Step::Ready(token) => {
                     self.inner.metrics.token_cache_hits.inc();
                     return Ok(token);
+                }
+                Step::Fail(TokenError::Revoked) if attempt == 0 => {
+                    // Another process (CLI, admin API, replica) may have stored a new
+                    // authorization since: the store decides.
+                    if !self.reload_if_reauthorized(merchant).await {
+                        return Err(TokenError::Revoked);
+                    }
                 }
                 Step::Fail(e) => return Err(e),
                 Step::Wait(rx) => {
@@ -356,6 +363,24 @@ impl TokenManager {
             }
         }
         Err(TokenError::UnknownMerchant)
+    }
+
+    /// Replaces a revoked slot when the store holds a newer, unrevoked authorization.
+    async fn reload_if_reauthorized(&self, merchant: &MerchantId) -> bool {
+        let found = self.inner.store.get(merchant).await;
+        self.count_store("load", found.is_ok());
+        match found {
+            Ok(Some(stored)) if !stored.revoked => {
+                self.inner.slots.insert(merchant.clone(), Slot::new(stored));
+                true
+            }
+            Ok(None) => {
+                self.inner.slots.remove(merchant);
+                self.inner.metrics.merchants.set(self.inner.slots.len() as i64);
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Decides, under the slot's guard, what a caller does; may start a refresh.
@@ -456,6 +481,33 @@ impl TokenManager {
 
     /// One refresh: call the token endpoint, store a rotated refresh token, then install.
     async fn refresh(&self, merchant: &MerchantId, used: RefreshToken, id: u64) -> RefreshResult {
+        // The store is the truth: the merchant may have been removed, or re-authorized, by
+        // another process (CLI, admin API, another replica) since it was cached.
+        let used = match self.inner.store.get(merchant).await {
+            Ok(None) => {
+                tracing::info!("merchant no longer in the store; dropping it");
+                self.inner.slots.remove(merchant);
+                self.inner.metrics.merchants.set(self.inner.slots.len() as i64);
+                return Err(TokenError::UnknownMerchant);
+            }
+            Ok(Some(stored)) if stored.refresh_token != used => {
+                if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
+                    slot.refresh_token = stored.refresh_token.clone();
+                    slot.revoked = stored.revoked;
+                }
+                if stored.revoked {
+                    let dead = Some(&stored.refresh_token);
+                    return self.finish(merchant, id, Err(TokenError::Revoked), dead);
+                }
+                stored.refresh_token
+            }
+            Ok(Some(_)) => used,
+            Err(e) => {
+                self.count_store("load", false);
+                tracing::warn!(error = %e, "cannot read the store before refreshing; using the cached refresh token");
+                used
+            }
+        };
         let issued = Instant::now();
         let answer = self
             .inner

@@ -354,3 +354,32 @@ async fn unknown_merchants_are_looked_up_in_the_store() {
         .unwrap();
     assert!(tm.get(&m2).await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_authorization_stored_elsewhere_lifts_a_revocation() {
+    let ep = Scripted::new(
+        Duration::ZERO,
+        vec![Err(OAuthError::InvalidGrant("gone".into())), ok("access_new", 3600)],
+    );
+    let (tm, store) = manager(ep.clone()).await;
+    assert_eq!(tm.get(&m1()).await.unwrap_err(), TokenError::Revoked);
+    // Another process (the CLI) stores a new authorization: no restart needed.
+    store
+        .put(&m1(), &StoredMerchant::new(RefreshToken::new("refresh_new")))
+        .await
+        .unwrap();
+    assert_eq!(bearer(&tm.get(&m1()).await.unwrap()), "Bearer access_new");
+    assert_eq!(ep.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_merchant_removed_elsewhere_is_dropped_at_its_next_refresh() {
+    let ep = Scripted::new(Duration::ZERO, vec![ok("access_a", 3600)]);
+    let (tm, store) = manager(ep.clone()).await;
+    let a = tm.get(&m1()).await.unwrap();
+    store.remove(&m1()).await.unwrap();
+    tm.invalidate(&m1(), a.id);
+    assert_eq!(tm.get(&m1()).await.unwrap_err(), TokenError::UnknownMerchant);
+    assert_eq!(ep.calls(), 1);
+    assert!(tm.statuses().is_empty());
+}
