@@ -371,7 +371,8 @@ mod tests {
     #[test]
     fn bad_answers_are_classified() {
         use OAuthError::*;
-        let cases: [(u16, &[u8], fn(&OAuthError) -> bool); 9] = [
+        type Case = (u16, &'static [u8], fn(&OAuthError) -> bool);
+        let cases: [Case; 9] = [
             (200, b"<html>oops</html>", |e| matches!(e, BadResponse(_))),
             (200, br#"{"token_type":"bearer"}"#, |e| {
                 matches!(e, BadResponse(_))

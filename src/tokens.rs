@@ -376,7 +376,10 @@ impl TokenManager {
             }
             Ok(None) => {
                 self.inner.slots.remove(merchant);
-                self.inner.metrics.merchants.set(self.inner.slots.len() as i64);
+                self.inner
+                    .metrics
+                    .merchants
+                    .set(self.inner.slots.len() as i64);
                 false
             }
             _ => false,
@@ -487,7 +490,10 @@ impl TokenManager {
             Ok(None) => {
                 tracing::info!("merchant no longer in the store; dropping it");
                 self.inner.slots.remove(merchant);
-                self.inner.metrics.merchants.set(self.inner.slots.len() as i64);
+                self.inner
+                    .metrics
+                    .merchants
+                    .set(self.inner.slots.len() as i64);
                 return Err(TokenError::UnknownMerchant);
             }
             Ok(Some(stored)) if stored.refresh_token != used => {

@@ -6,18 +6,18 @@ use crate::store::StoreError;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicUsize;
 
+/// A scripted answer: (access token, rotated refresh token, lifetime in seconds) or an error.
+type Answer = Result<(String, Option<String>, u64), OAuthError>;
+
 /// Answers token calls from a script (then repeats the last answer), after `delay`.
 struct Scripted {
-    answers: Mutex<VecDeque<Result<(String, Option<String>, u64), OAuthError>>>,
+    answers: Mutex<VecDeque<Answer>>,
     calls: AtomicUsize,
     delay: Duration,
 }
 
 impl Scripted {
-    fn new(
-        delay: Duration,
-        answers: Vec<Result<(String, Option<String>, u64), OAuthError>>,
-    ) -> Arc<Self> {
+    fn new(delay: Duration, answers: Vec<Answer>) -> Arc<Self> {
         Arc::new(Scripted {
             answers: Mutex::new(answers.into()),
             calls: AtomicUsize::new(0),
@@ -29,7 +29,7 @@ impl Scripted {
     }
 }
 
-fn ok(access: &str, lifetime: u64) -> Result<(String, Option<String>, u64), OAuthError> {
+fn ok(access: &str, lifetime: u64) -> Answer {
     Ok((access.into(), None, lifetime))
 }
 
@@ -359,13 +359,19 @@ async fn unknown_merchants_are_looked_up_in_the_store() {
 async fn a_new_authorization_stored_elsewhere_lifts_a_revocation() {
     let ep = Scripted::new(
         Duration::ZERO,
-        vec![Err(OAuthError::InvalidGrant("gone".into())), ok("access_new", 3600)],
+        vec![
+            Err(OAuthError::InvalidGrant("gone".into())),
+            ok("access_new", 3600),
+        ],
     );
     let (tm, store) = manager(ep.clone()).await;
     assert_eq!(tm.get(&m1()).await.unwrap_err(), TokenError::Revoked);
     // Another process (the CLI) stores a new authorization: no restart needed.
     store
-        .put(&m1(), &StoredMerchant::new(RefreshToken::new("refresh_new")))
+        .put(
+            &m1(),
+            &StoredMerchant::new(RefreshToken::new("refresh_new")),
+        )
         .await
         .unwrap();
     assert_eq!(bearer(&tm.get(&m1()).await.unwrap()), "Bearer access_new");
@@ -379,7 +385,10 @@ async fn a_merchant_removed_elsewhere_is_dropped_at_its_next_refresh() {
     let a = tm.get(&m1()).await.unwrap();
     store.remove(&m1()).await.unwrap();
     tm.invalidate(&m1(), a.id);
-    assert_eq!(tm.get(&m1()).await.unwrap_err(), TokenError::UnknownMerchant);
+    assert_eq!(
+        tm.get(&m1()).await.unwrap_err(),
+        TokenError::UnknownMerchant
+    );
     assert_eq!(ep.calls(), 1);
     assert!(tm.statuses().is_empty());
 }
