@@ -272,7 +272,8 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
         // A failed refresh after a 401 is logged by the token manager and the access log.
-        ctx.error.is_some()
+        // (pingora calls this after `fail_to_proxy`, so `ctx.error` is already taken.)
+        ctx.replay_outcome == Some("refresh_failed")
     }
 
     async fn fail_to_proxy(
