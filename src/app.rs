@@ -40,6 +40,7 @@ pub fn server_conf(s: &Settings) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(s.server.graceful_shutdown_timeout_secs),
         max_retries: MAX_ATTEMPTS,
         upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,
+        ca_file: Some(s.upstream.ca_file.clone()).filter(|f| !f.is_empty()),
         ..ServerConf::default()
     }
 }

@@ -104,6 +104,8 @@ pub struct UpstreamSettings {
     /// Idle upstream connections kept per process.
     pub keepalive_pool_size: usize,
     pub public_base_url: String,
+    /// Extra CA certificates (PEM) to trust for the upstream and token endpoint.
+    pub ca_file: String,
 }
 
 impl Default for UpstreamSettings {
@@ -115,6 +117,7 @@ impl Default for UpstreamSettings {
             read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
             keepalive_pool_size: DEFAULT_KEEPALIVE_POOL_SIZE,
             public_base_url: String::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -390,6 +393,9 @@ impl Settings {
                 "server.threads must be 1 to 256, not {}",
                 self.server.threads
             ));
+        }
+        if !self.upstream.ca_file.is_empty() {
+            check_readable(&mut p, "upstream.ca_file", &self.upstream.ca_file);
         }
         check_url(&mut p, "upstream.base_url", &self.upstream.base_url, false);
         check_url(

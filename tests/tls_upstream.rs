@@ -1,0 +1,72 @@
+//! The upstream over TLS: SNI sent, certificate verified against the configured CA, and an
+//! untrusted certificate refused (502, nothing accepted by the gateway).
+
+mod support;
+
+use support::fake_mollie::FakeMollie;
+use support::tls::TlsFront;
+use support::{client, GatewayBuilder};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_sni_and_a_verified_certificate() {
+    let fake = FakeMollie::start().await;
+    let front = TlsFront::start(fake.addr()).await;
+    let refresh = fake.add_merchant("m1");
+    let mut gw = GatewayBuilder::new(&fake)
+        .env("UPSTREAM__BASE_URL", front.base_url())
+        .env("UPSTREAM__CA_FILE", front.ca_file.display().to_string())
+        .prepare();
+    assert!(gw
+        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
+        .status
+        .success());
+    gw.spawn();
+
+    let resp = client()
+        .get(format!("{}/v2/echo/tls", gw.base_url()))
+        .header("X-Merchant-Id", "m1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = fake.api_requests();
+    assert_eq!(
+        seen.last().unwrap().header("host"),
+        Some(format!("localhost:{}", front.port).as_str())
+    );
+    let sni = front.sni.lock().unwrap().clone();
+    assert!(
+        !sni.is_empty() && sni.iter().all(|s| s == "localhost"),
+        "{sni:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_upstream_certificate_is_refused() {
+    let fake = FakeMollie::start().await;
+    let front = TlsFront::start(fake.addr()).await;
+    let refresh = fake.add_merchant("m1");
+    // No ca_file: the test CA is not among the system's roots.
+    let mut gw = GatewayBuilder::new(&fake)
+        .env("UPSTREAM__BASE_URL", front.base_url())
+        .prepare();
+    assert!(gw
+        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
+        .status
+        .success());
+    gw.spawn();
+
+    let resp = client()
+        .get(format!("{}/v2/echo/tls", gw.base_url()))
+        .header("X-Merchant-Id", "m1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-gateway-error"], "upstream_unavailable");
+    assert_eq!(
+        fake.api_calls_total(),
+        0,
+        "nothing may pass an unverified TLS session"
+    );
+}
