@@ -15,6 +15,7 @@ use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
 use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -41,6 +42,8 @@ pub fn server_conf(s: &Settings) -> ServerConf {
         max_retries: MAX_ATTEMPTS,
         upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,
         ca_file: Some(s.upstream.ca_file.clone()).filter(|f| !f.is_empty()),
+        upgrade_sock: s.server.upgrade_sock.clone(),
+        pid_file: s.server.pid_file.clone(),
         ..ServerConf::default()
     }
 }
@@ -151,7 +154,15 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
         gateway,
         "mollie-gateway proxy",
     );
-    proxy.add_tcp(&listen);
+    if s.server.tls_cert.is_empty() {
+        proxy.add_tcp(&listen);
+    } else {
+        // HTTPS with HTTP/2 and HTTP/1.1 offered through ALPN.
+        let mut tls = TlsSettings::intermediate(&s.server.tls_cert, &s.server.tls_key)
+            .map_err(|e| StartError(format!("server.tls_cert/tls_key: {e}")))?;
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&listen, None, tls);
+    }
     server.add_service(proxy);
     let admin = Admin {
         metrics: parts.metrics.clone(),

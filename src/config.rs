@@ -8,7 +8,7 @@
 
 use crate::types::{MerchantId, Secret};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +19,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_THREADS: usize = 2;
 pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 5;
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/mollie-gateway-upgrade.sock";
+pub const DEFAULT_PID_FILE: &str = "/tmp/mollie-gateway.pid";
 pub const DEFAULT_BASE_URL: &str = "https://api.mollie.com";
 pub const DEFAULT_TOKEN_URL: &str = "https://api.mollie.com/oauth2/tokens";
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -78,6 +80,10 @@ pub struct ServerSettings {
     pub grace_period_secs: u64,
     /// Then at most this long to finish in-flight requests.
     pub graceful_shutdown_timeout_secs: u64,
+    /// Unix socket over which `run -u` (graceful upgrade) takes over the listening sockets.
+    pub upgrade_sock: String,
+    /// pingora's pid file (written when daemonized).
+    pub pid_file: String,
 }
 
 impl Default for ServerSettings {
@@ -90,6 +96,8 @@ impl Default for ServerSettings {
             threads: DEFAULT_THREADS,
             grace_period_secs: DEFAULT_GRACE_PERIOD_SECS,
             graceful_shutdown_timeout_secs: DEFAULT_GRACE_PERIOD_SECS,
+            upgrade_sock: DEFAULT_UPGRADE_SOCK.into(),
+            pid_file: DEFAULT_PID_FILE.into(),
         }
     }
 }
@@ -159,6 +167,9 @@ pub struct OAuthSettings {
     pub backoff_max_ms: u64,
     /// Refresh tokens in the background before requests need them.
     pub background_refresh: bool,
+    /// HMAC key signing the OAuth `state` of `/oauth/connect`; empty = random per process
+    /// (then a callback must reach the process that issued its state).
+    pub state_secret: Secret,
 }
 
 impl Default for OAuthSettings {
@@ -176,6 +187,7 @@ impl Default for OAuthSettings {
             backoff_min_ms: DEFAULT_BACKOFF_MIN_MS,
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             background_refresh: true,
+            state_secret: Secret::default(),
         }
     }
 }
@@ -195,14 +207,37 @@ impl OAuthSettings {
 pub struct MerchantSettings {
     /// The internal header that names the merchant.
     pub header: String,
+    /// Per-merchant request defaults (`[merchants.defaults.<id>]`).
+    pub defaults: BTreeMap<String, MerchantDefaults>,
 }
 
 impl Default for MerchantSettings {
     fn default() -> Self {
         MerchantSettings {
             header: DEFAULT_MERCHANT_HEADER.into(),
+            defaults: BTreeMap::new(),
         }
     }
+}
+
+/// When requests get `testmode=true` added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestMode {
+    /// When the caller's dropped `Authorization` was a `test_…` key.
+    #[default]
+    FromKey,
+    Always,
+    Never,
+}
+
+/// What a legacy API-key caller never sends but OAuth requests need.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MerchantDefaults {
+    /// Added as `profileId` to POST bodies that lack one (`pfl_…`).
+    pub profile_id: String,
+    pub testmode: TestMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -456,6 +491,11 @@ impl Settings {
         {
             p.push("merchants.header may not be Authorization or Host".into());
         }
+        for id in self.merchants.defaults.keys() {
+            if let Err(e) = MerchantId::parse(id) {
+                p.push(format!("[merchants.defaults.{id}]: merchant id {e}"));
+            }
+        }
         if self.store.path.as_os_str().is_empty() {
             p.push("store.path must not be empty".into());
         }
@@ -497,7 +537,11 @@ impl Settings {
     /// A copy safe to print: every secret that is set reads `***`.
     pub fn masked(&self) -> Settings {
         let mut s = self.clone();
-        for secret in [&mut s.oauth.client_secret, &mut s.admin.token] {
+        for secret in [
+            &mut s.oauth.client_secret,
+            &mut s.oauth.state_secret,
+            &mut s.admin.token,
+        ] {
             if !secret.is_empty() {
                 *secret = Secret::new("***");
             }

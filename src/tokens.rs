@@ -680,6 +680,37 @@ impl TokenManager {
         self.inner.schedule_changed.notify_one();
     }
 
+    /// Refreshes now (admin request), bypassing the backoff; the current token stays in use
+    /// until the new one arrives. Joins a refresh already in flight.
+    pub async fn refresh_now(&self, merchant: &MerchantId) -> RefreshResult {
+        let rx = {
+            let Some(mut slot) = self.inner.slots.get_mut(merchant) else {
+                return Err(TokenError::UnknownMerchant);
+            };
+            if slot.revoked {
+                return Err(TokenError::Revoked);
+            }
+            slot.backoff_until = None;
+            match &slot.inflight {
+                Some(inflight) => inflight.result.clone(),
+                None => self.start_refresh(&mut slot, merchant, Instant::now()),
+            }
+        };
+        self.wait(rx).await
+    }
+
+    /// One merchant's state, if it is known.
+    pub fn status(&self, merchant: &MerchantId) -> Option<MerchantStatus> {
+        self.statuses_of(
+            self.inner
+                .slots
+                .get(merchant)
+                .map(|e| (e.key().clone(), e))
+                .into_iter(),
+        )
+        .pop()
+    }
+
     /// After an upstream 401: forget `token_id` if it is still the merchant's current token.
     /// A newer token (from a concurrent refresh) stays.
     pub fn invalidate(&self, merchant: &MerchantId, token_id: u64) -> bool {
@@ -761,18 +792,23 @@ impl TokenManager {
 
     /// Every cached merchant's state, sorted by id.
     pub fn statuses(&self) -> Vec<MerchantStatus> {
+        let mut all = self.statuses_of(self.inner.slots.iter().map(|e| (e.key().clone(), e)));
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    fn statuses_of<'a, G: std::ops::Deref<Target = Slot> + 'a>(
+        &self,
+        slots: impl Iterator<Item = (MerchantId, G)>,
+    ) -> Vec<MerchantStatus> {
         let now = Instant::now();
         let unix = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .ok()
                 .map(|d| d.as_secs())
         };
-        let mut all: Vec<MerchantStatus> = self
-            .inner
-            .slots
-            .iter()
-            .map(|e| {
-                let s = e.value();
+        slots
+            .map(|(id, s)| {
                 let state = if s.revoked {
                     "revoked"
                 } else if s.inflight.is_some() {
@@ -783,16 +819,14 @@ impl TokenManager {
                     "active"
                 };
                 MerchantStatus {
-                    id: e.key().clone(),
+                    id,
                     state,
                     access_token_expires_at: s.token.as_ref().and_then(|t| unix(t.expires_at)),
                     last_refresh_at: s.last_refresh.and_then(|(t, _)| unix(t)),
                     last_refresh_outcome: s.last_refresh.map(|(_, o)| o),
                 }
             })
-            .collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
+            .collect()
     }
 
     /// Starts the background refreshes that are due; returns when the next one is.

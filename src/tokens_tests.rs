@@ -392,3 +392,28 @@ async fn a_merchant_removed_elsewhere_is_dropped_at_its_next_refresh() {
     assert_eq!(ep.calls(), 1);
     assert!(tm.statuses().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn refresh_now_bypasses_the_backoff_and_keeps_serving_the_old_token() {
+    let ep = Scripted::new(
+        Duration::from_millis(100),
+        vec![ok("access_a", 3600), ok("access_b", 3600)],
+    );
+    let (tm, _) = manager(ep.clone()).await;
+    let a = tm.get(&m1()).await.unwrap();
+    let forced = {
+        let tm = tm.clone();
+        tokio::spawn(async move { tm.refresh_now(&m1()).await })
+    };
+    tokio::task::yield_now().await;
+    // While the forced refresh runs, requests still get the current token at once.
+    assert_eq!(tm.get(&m1()).await.unwrap().id, a.id);
+    assert_eq!(tm.status(&m1()).unwrap().state, "refreshing");
+    assert_eq!(bearer(&forced.await.unwrap().unwrap()), "Bearer access_b");
+    assert_eq!(bearer(&tm.get(&m1()).await.unwrap()), "Bearer access_b");
+    let unknown = MerchantId::parse("nobody").unwrap();
+    assert_eq!(
+        tm.refresh_now(&unknown).await.unwrap_err(),
+        TokenError::UnknownMerchant
+    );
+}
