@@ -6,9 +6,11 @@
 //! Must not: parse the command line (main.rs) or serve anything itself.
 
 use crate::admin::Admin;
+use crate::admin_api::AdminApi;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::oauth::HttpTokenEndpoint;
+use crate::onboarding::Onboarding;
 use crate::proxy::Gateway;
 use crate::store::file::FileStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
@@ -143,9 +145,7 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     let gateway = Gateway::new(
         parts.tokens.clone(),
         parts.upstream.clone(),
-        &s.merchants.header,
-        s.upstream.connect_timeout(),
-        s.upstream.read_timeout(),
+        s,
         parts.metrics.clone(),
     )
     .map_err(StartError)?;
@@ -170,6 +170,8 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
         proxy_addr: listen
             .parse()
             .map_err(|_| StartError(format!("server.listen {listen} is not ip:port")))?,
+        api: AdminApi::new(s, parts.tokens.clone(), Arc::new(parts.store.clone())),
+        onboarding: Onboarding::new(s, parts.tokens.clone()).map_err(StartError)?,
     };
     let mut admin = Service::new(
         "mollie-gateway admin".to_string(),

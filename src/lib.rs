@@ -9,18 +9,24 @@
 //! - [`oauth`]: the token endpoint client (both grants).
 //! - [`tokens`]: the token cache, single-flight refresh, backoff, background refresher.
 //! - [`store`]: durable credentials (`CredentialStore`; file backend).
+//! - [`rewrite`]: testmode/profileId defaults and the streaming HAL link rewriter.
 //! - [`proxy`]: the pingora `ProxyHttp` hooks, including the 401 replay.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
-//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`), routing to:
+//! - [`admin_api`]: `/admin/merchants…`, behind `admin.token`;
+//! - [`onboarding`]: `/oauth/connect` and `/oauth/callback` (signed `state`).
 //! - [`app`]: building the pingora server from settings (used by `main.rs`).
 
 pub mod admin;
+pub mod admin_api;
 pub mod app;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod oauth;
+pub mod onboarding;
 pub mod proxy;
+pub mod rewrite;
 pub mod store;
 pub mod tokens;
 pub mod types;

@@ -14,6 +14,26 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// The `outcome` values of `replays_total` (README "401 replay").
+pub const REPLAY_OUTCOMES: [&str; 4] = [
+    "replayed",
+    "rejected_again",
+    "body_too_large",
+    "refresh_failed",
+];
+/// The `grant` and `outcome` values of `token_refreshes_total`.
+pub const REFRESH_GRANTS: [&str; 2] = ["refresh_token", "authorization_code"];
+pub const REFRESH_OUTCOMES: [&str; 5] = [
+    "ok",
+    "invalid_grant",
+    "unavailable",
+    "bad_response",
+    "misconfigured",
+];
+/// The `op` and `outcome` values of `store_operations_total`.
+pub const STORE_OPS: [&str; 3] = ["load", "save", "remove"];
+pub const STORE_OUTCOMES: [&str; 2] = ["ok", "error"];
+
 pub struct Metrics {
     pub registry: Registry,
     /// `status_class` handles, indexed by the status' first digit (0 = no response).
@@ -147,6 +167,21 @@ impl Metrics {
             ),
             registry,
         };
+        // Closed label sets start at 0: scraped (with their HELP) before the first event, so
+        // that `rate()` and `increase()` also see the first increment.
+        for outcome in REPLAY_OUTCOMES {
+            metrics.replays.with_label_values(&[outcome]);
+        }
+        for grant in REFRESH_GRANTS {
+            for outcome in REFRESH_OUTCOMES {
+                metrics.token_refreshes.with_label_values(&[grant, outcome]);
+            }
+        }
+        for op in STORE_OPS {
+            for outcome in STORE_OUTCOMES {
+                metrics.store_operations.with_label_values(&[op, outcome]);
+            }
+        }
         metrics
     }
 
@@ -189,5 +224,18 @@ mod tests {
         assert!(text.contains("mollie_gateway_requests_total{status_class=\"5xx\"} 1"));
         assert!(text.contains("mollie_gateway_requests_total{status_class=\"0xx\"} 1"));
         assert!(text.contains("mollie_gateway_replays_total{outcome=\"replayed\"} 1"));
+    }
+
+    #[test]
+    fn closed_label_sets_start_at_zero() {
+        let text = Metrics::default().render();
+        for sample in [
+            "mollie_gateway_replays_total{outcome=\"rejected_again\"} 0",
+            "mollie_gateway_token_refreshes_total{grant=\"refresh_token\",outcome=\"ok\"} 0",
+            "mollie_gateway_token_refreshes_total{grant=\"authorization_code\",outcome=\"misconfigured\"} 0",
+            "mollie_gateway_store_operations_total{op=\"remove\",outcome=\"error\"} 0",
+        ] {
+            assert!(text.contains(sample), "{sample} missing in\n{text}");
+        }
     }
 }

@@ -13,19 +13,46 @@
 //! - `fail_to_proxy`: renders every error through `error.rs`;
 //! - `logging`: metrics and the one access-log line.
 
+use crate::config::{Settings, TestMode};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::rewrite::{with_body_defaults, with_query_testmode, LinkRewriter};
 use crate::tokens::{CachedToken, TokenManager};
 use crate::types::{MerchantId, MerchantIdError};
 use crate::upstream::Endpoint;
 use async_trait::async_trait;
-use http::header::{AUTHORIZATION, HOST};
-use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    TRANSFER_ENCODING,
+};
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Request bodies up to this size may get defaults added: pingora's retry buffer, which
+/// also keeps them for a 401 replay.
+pub const MAX_REWRITE_BODY: usize = 64 * 1024;
+
+/// Reads a whole request body of `length` bytes into pingora's retry buffer.
+async fn read_body(session: &mut Session, length: usize) -> Result<Bytes> {
+    session.enable_retry_buffering();
+    let mut body = Vec::with_capacity(length);
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > length {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "body longer than Content-Length",
+            );
+        }
+    }
+    Ok(Bytes::from(body))
+}
 
 /// Idle pooled upstream connections are closed after this long.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,28 +66,115 @@ pub struct Gateway {
     connect_timeout: Duration,
     read_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// `[merchants.defaults.<id>]`: test mode and profile per merchant.
+    defaults: HashMap<MerchantId, Defaults>,
+    /// (upstream base, public base) when `upstream.public_base_url` is set.
+    links: Option<(String, String)>,
+}
+
+/// One merchant's request defaults, resolved from the settings once.
+struct Defaults {
+    testmode: TestMode,
+    profile_id: Option<Arc<str>>,
 }
 
 impl Gateway {
     pub fn new(
         tokens: TokenManager,
         upstream: Arc<Endpoint>,
-        merchant_header: &str,
-        connect_timeout: Duration,
-        read_timeout: Duration,
+        settings: &Settings,
         metrics: Arc<Metrics>,
     ) -> Result<Gateway, String> {
+        let merchant_header = settings.merchants.header.as_str();
+        let mut defaults = HashMap::new();
+        for (id, d) in &settings.merchants.defaults {
+            let id = MerchantId::parse(id).map_err(|e| format!("merchant id {id:?} {e}"))?;
+            let profile_id = Some(d.profile_id.as_str())
+                .filter(|p| !p.is_empty())
+                .map(Arc::from);
+            defaults.insert(
+                id,
+                Defaults {
+                    testmode: d.testmode,
+                    profile_id,
+                },
+            );
+        }
+        let public = settings.upstream.public_base_url.trim_end_matches('/');
+        let links = (!public.is_empty()).then(|| {
+            (
+                settings.upstream.base_url.trim_end_matches('/').to_string(),
+                public.to_string(),
+            )
+        });
         Ok(Gateway {
+            defaults,
+            links,
             tokens,
             upstream_host: HeaderValue::from_str(&upstream.authority)
                 .map_err(|_| format!("{} is not a valid Host header", upstream.authority))?,
             upstream,
             merchant_header: HeaderName::from_bytes(merchant_header.as_bytes())
                 .map_err(|_| format!("{merchant_header} is not a header name"))?,
-            connect_timeout,
-            read_timeout,
+            connect_timeout: settings.upstream.connect_timeout(),
+            read_timeout: settings.upstream.read_timeout(),
             metrics,
         })
+    }
+
+    /// Works out what this request needs added (DESIGN.md §5): `testmode` when the merchant's
+    /// mode says so, `profileId` on creates. A JSON body that needs it is read now (up to the
+    /// 64 KiB retry buffer), so its rewritten length is known before the header goes upstream;
+    /// pingora then sends it from the retry buffer through `request_body_filter`.
+    async fn plan_defaults(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        merchant: &MerchantId,
+    ) -> Result<()> {
+        let d = self.defaults.get(merchant);
+        let req = session.req_header();
+        let testmode = match d.map(|d| d.testmode).unwrap_or_default() {
+            TestMode::Always => true,
+            TestMode::Never => false,
+            TestMode::FromKey => req
+                .headers
+                .get(AUTHORIZATION)
+                .is_some_and(|v| v.as_bytes().starts_with(b"Bearer test_")),
+        };
+        let method = req.method.clone();
+        let profile = d
+            .and_then(|d| d.profile_id.clone())
+            .filter(|_| method == Method::POST);
+        if !testmode && profile.is_none() {
+            return Ok(());
+        }
+        let length = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let chunked = req.headers.contains_key(TRANSFER_ENCODING);
+        let json = req
+            .headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        match (length, chunked) {
+            (None | Some(0), false) => {
+                if testmode && (method == Method::GET || method == Method::DELETE) {
+                    ctx.query_testmode = true;
+                }
+            }
+            (Some(n), false) if json && n <= MAX_REWRITE_BODY => {
+                if method == Method::POST || method == Method::PATCH || method == Method::DELETE {
+                    let body = read_body(session, n).await?;
+                    ctx.body = with_body_defaults(&body, testmode, profile.as_deref());
+                }
+            }
+            // Not JSON, too large, or chunked: forwarded untouched.
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The merchant named by the request: exactly one valid header.
@@ -112,6 +226,12 @@ pub struct RequestCtx {
     /// A gateway error to render in `fail_to_proxy` (set when a refresh after a 401 fails).
     error: Option<GatewayError>,
     error_code: Option<&'static str>,
+    /// Add `testmode=true` to the query string.
+    query_testmode: bool,
+    /// The rewritten request body (testmode/profileId added), sent instead of the original.
+    body: Option<Bytes>,
+    /// Rewrites HAL links in this response.
+    links: Option<LinkRewriter>,
 }
 
 #[async_trait]
@@ -129,6 +249,9 @@ impl ProxyHttp for Gateway {
             replay_outcome: None,
             error: None,
             error_code: None,
+            query_testmode: false,
+            body: None,
+            links: None,
         }
     }
 
@@ -145,6 +268,8 @@ impl ProxyHttp for Gateway {
         match token {
             Ok(token) => {
                 ctx.token = Some(token);
+                let merchant = ctx.merchant.clone().expect("set above");
+                self.plan_defaults(session, ctx, &merchant).await?;
                 Ok(false)
             }
             Err(e) => {
@@ -200,7 +325,78 @@ impl ProxyHttp for Gateway {
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
             req.set_uri(uri);
         }
+        if ctx.query_testmode {
+            if let Some(uri) = with_query_testmode(&req.uri) {
+                req.set_uri(uri);
+            }
+        }
+        if let Some(body) = &ctx.body {
+            req.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        }
+        if self.links.is_some() {
+            // Links are rewritten in plain JSON: ask for it rather than inflate and deflate.
+            req.insert_header(ACCEPT_ENCODING, "identity")?;
+        }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(rewritten) = &ctx.body {
+            // The original arrives from the retry buffer; send the rewritten one instead.
+            *body = end_of_stream.then(|| rewritten.clone());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some((from, to)) = &self.links else {
+            return Ok(());
+        };
+        let is_json = resp.headers.get(CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.starts_with(b"application/hal+json") || v.starts_with(b"application/json")
+        });
+        let encoded = resp
+            .headers
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if is_json && !encoded {
+            ctx.links = Some(LinkRewriter::new(from, to));
+            resp.remove_header(&CONTENT_LENGTH);
+            resp.insert_header(TRANSFER_ENCODING, "chunked")?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(links) = ctx.links.as_mut() {
+            let mut out = Vec::with_capacity(body.as_ref().map_or(0, |b| b.len()) + 64);
+            if let Some(chunk) = body.as_ref() {
+                links.feed(chunk, &mut out);
+            }
+            if end_of_stream {
+                links.finish(&mut out);
+            }
+            *body = Some(Bytes::from(out));
+        }
+        Ok(None)
     }
 
     async fn upstream_response_filter(

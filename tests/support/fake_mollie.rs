@@ -556,6 +556,13 @@ async fn api_handler(State(inner): State<Arc<Inner>>, req: Request) -> Response 
             ),
         };
     }
+    if path == "/v2/raw" {
+        // Answers `body` verbatim with Content-Type `ct` (default application/hal+json).
+        let body = query_param(query.as_deref(), "body").unwrap_or_default();
+        let ct = query_param(query.as_deref(), "ct")
+            .unwrap_or_else(|| "application/hal+json".to_string());
+        return respond(StatusCode::OK, &ct, body);
+    }
     if path == "/v2/large" {
         let n: usize = query_param(query.as_deref(), "bytes")
             .and_then(|v| v.parse().ok())

@@ -47,6 +47,8 @@ pub struct GatewayBuilder {
     token_url: String,
     configured: bool,
     env: Vec<(String, String)>,
+    /// Raw TOML appended to the generated config (after `[store]`).
+    extra_toml: String,
 }
 
 impl GatewayBuilder {
@@ -55,6 +57,7 @@ impl GatewayBuilder {
             base_url: fake.base_url(),
             token_url: fake.token_url(),
             configured: true,
+            extra_toml: String::new(),
             env: vec![
                 // Fast failures and recoveries for tests.
                 ("OAUTH__TOKEN_TIMEOUT_MS".into(), "1000".into()),
@@ -75,6 +78,14 @@ impl GatewayBuilder {
 
     pub fn token_url(mut self, url: impl Into<String>) -> Self {
         self.token_url = url.into();
+        self
+    }
+
+    /// Appends raw TOML to the config, e.g. `[merchants.defaults.m1]` tables. In it and in
+    /// `env` values, `{listen}` and `{admin}` become the gateway's own addresses.
+    pub fn toml(mut self, extra: &str) -> Self {
+        self.extra_toml.push_str(extra);
+        self.extra_toml.push('\n');
         self
     }
 
@@ -102,10 +113,13 @@ impl GatewayBuilder {
                 "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
                  [upstream]\nbase_url = \"{}\"\ntoken_url = \"{}\"\n\
                  [oauth]\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
-                 [store]\npath = {:?}\n",
+                 [store]\npath = {:?}\n{}",
                 self.base_url,
                 self.token_url,
-                store.display().to_string()
+                store.display().to_string(),
+                self.extra_toml
+                    .replace("{listen}", &listen)
+                    .replace("{admin}", &admin),
             ),
         )
         .expect("write config");
@@ -114,6 +128,14 @@ impl GatewayBuilder {
             std::process::id(),
             listen.rsplit(':').next().unwrap_or("0")
         ));
+        let env = self
+            .env
+            .into_iter()
+            .map(|(k, v)| {
+                let v = v.replace("{listen}", &listen).replace("{admin}", &admin);
+                (format!("MOLLIE_GATEWAY__{k}"), v)
+            })
+            .collect();
         Gateway {
             child: None,
             dir,
@@ -122,11 +144,7 @@ impl GatewayBuilder {
             log,
             listen,
             admin,
-            env: self
-                .env
-                .into_iter()
-                .map(|(k, v)| (format!("MOLLIE_GATEWAY__{k}"), v))
-                .collect(),
+            env,
         }
     }
 
