@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -142,6 +143,8 @@ struct FakeState {
     content_type: String,
     token_requests: Vec<TokenRequest>,
     api_requests: Vec<ApiRequest>,
+    /// Every secret issued is appended here (see [`secrets_dir`]); empty = not recorded.
+    secrets_file: PathBuf,
 }
 
 impl FakeState {
@@ -159,10 +162,26 @@ impl FakeState {
             content_type: "text/html; charset=utf-8".to_string(),
             token_requests: Vec::new(),
             api_requests: Vec::new(),
+            secrets_file: PathBuf::new(),
         }
     }
 
+    /// Appends an issued access token, refresh token or code to `secrets_file`.
+    fn record_secret(&self, secret: &str) {
+        use std::io::Write;
+        if self.secrets_file.as_os_str().is_empty() {
+            return;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.secrets_file)
+            .and_then(|mut f| writeln!(f, "{secret}"))
+            .expect("record an issued secret");
+    }
+
     fn set_refresh(&mut self, merchant: &str, refresh_token: &str) {
+        self.record_secret(refresh_token);
         self.refresh_owner
             .insert(refresh_token.to_string(), merchant.to_string());
         self.merchants
@@ -200,6 +219,7 @@ impl FakeState {
         let m = self.merchants.entry(merchant.to_string()).or_default();
         m.issued += 1;
         let token = format!("access_{merchant}_{}_{}", m.issued, rand_alnum(12));
+        self.record_secret(&token);
         m.current_access = Some(token.clone());
         self.access.insert(
             token.clone(),
@@ -221,6 +241,14 @@ impl FakeState {
         }
         respond(StatusCode::OK, &self.content_type, body.to_string())
     }
+}
+
+/// Where every fake records the secrets it issues, one file per fake (`<pid>-<port>.txt`, one
+/// secret per line), so that `tests/zz_log_secrets.rs` can check that no gateway log holds one.
+pub fn secrets_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-secrets");
+    std::fs::create_dir_all(&dir).expect("create fake-secrets dir");
+    dir
 }
 
 fn rand_alnum(n: usize) -> String {
@@ -614,7 +642,14 @@ impl FakeMollie {
         let addr = listener.local_addr().expect("local addr");
         let inner = Arc::new(Inner {
             addr,
-            state: Mutex::new(FakeState::new()),
+            state: Mutex::new(FakeState {
+                secrets_file: secrets_dir().join(format!(
+                    "{}-{}.txt",
+                    std::process::id(),
+                    addr.port()
+                )),
+                ..FakeState::new()
+            }),
             token_calls: AtomicUsize::new(0),
             api_calls_total: AtomicUsize::new(0),
             api_401s: AtomicUsize::new(0),
@@ -657,7 +692,9 @@ impl FakeMollie {
     /// merchant (or replaces its refresh token) and returns fresh tokens.
     pub fn issue_code(&self, merchant: &str, redirect_uri: Option<&str>) -> String {
         let code = format!("code_{}", rand_alnum(20));
-        self.inner.lock().codes.insert(
+        let mut st = self.inner.lock();
+        st.record_secret(&code);
+        st.codes.insert(
             code.clone(),
             Code {
                 merchant: merchant.to_string(),
