@@ -107,10 +107,14 @@ impl GatewayBuilder {
             ("", "")
         };
         let config = dir.path().join("gateway.toml");
+        // Own upgrade socket and pid file, so that parallel gateways never share them.
+        let upgrade_sock = dir.path().join("upgrade.sock").display().to_string();
+        let pid_file = dir.path().join("gateway.pid").display().to_string();
         std::fs::write(
             &config,
             format!(
                 "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+                 upgrade_sock = {upgrade_sock:?}\npid_file = {pid_file:?}\n\
                  [upstream]\nbase_url = \"{}\"\ntoken_url = \"{}\"\n\
                  [oauth]\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
                  [store]\npath = {:?}\n{}",
@@ -236,6 +240,28 @@ impl Gateway {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends a signal (`"QUIT"`, `"TERM"`, …) to the running gateway; no wait.
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits (bounded) for the gateway to exit on its own; `None` if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.as_mut()?.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGTERM and wait (bounded) for the exit status.
