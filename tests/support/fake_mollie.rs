@@ -219,8 +219,8 @@ impl FakeState {
         let m = self.merchants.entry(merchant.to_string()).or_default();
         m.issued += 1;
         let token = format!("access_{merchant}_{}_{}", m.issued, rand_alnum(12));
-        self.record_secret(&token);
         m.current_access = Some(token.clone());
+        self.record_secret(&token);
         self.access.insert(
             token.clone(),
             AccessToken {
