@@ -58,8 +58,8 @@ fn token_failure(id: &MerchantId, e: TokenError) -> Failure {
     Failure::Gateway(e.to_gateway(id))
 }
 
-/// The body of `PUT /admin/merchants/{id}`.
-#[derive(Deserialize)]
+/// The body of `PUT /admin/merchants/{id}` (its `Debug` prints the secrets as `***`).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutMerchant {
     refresh_token: Option<RefreshToken>,
