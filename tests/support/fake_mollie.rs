@@ -20,6 +20,10 @@ use axum::routing::post;
 use axum::Router;
 use base64::Engine as _;
 
+/// Payments, methods and `/v2/headers` (see that file).
+#[path = "fake_resources.rs"]
+pub mod fake_resources;
+
 pub const CLIENT_ID: &str = "app_fakeclient";
 pub const CLIENT_SECRET: &str = "fake_client_secret_s3cr3t";
 
@@ -98,6 +102,7 @@ struct Inner {
     token_calls: AtomicUsize,
     api_calls_total: AtomicUsize,
     api_401s: AtomicUsize,
+    resources: fake_resources::Resources,
 }
 
 impl Inner {
@@ -563,6 +568,18 @@ async fn api_handler(State(inner): State<Arc<Inner>>, req: Request) -> Response 
             UNAUTHORIZED_BODY,
         );
     };
+    let base = format!("http://{}", inner.addr);
+    let call = fake_resources::Call {
+        base: &base,
+        merchant: &merchant,
+        method: &method,
+        path: &path,
+        query: query.as_deref(),
+        body: &body,
+    };
+    if let Some(resp) = inner.resources.handle(&call) {
+        return resp;
+    }
 
     if let Some(code) = path.strip_prefix("/v2/status/") {
         let code = code.trim_end_matches('/');
@@ -653,6 +670,7 @@ impl FakeMollie {
             token_calls: AtomicUsize::new(0),
             api_calls_total: AtomicUsize::new(0),
             api_401s: AtomicUsize::new(0),
+            resources: Default::default(),
         });
         let app = Router::new()
             .route("/oauth2/tokens", post(token_handler))
@@ -662,6 +680,11 @@ impl FakeMollie {
             let _ = axum::serve(listener, app).await;
         });
         FakeMollie { inner }
+    }
+
+    /// Realistic payments and methods (off until enabled) and `/v2/headers`.
+    pub fn resources(&self) -> &fake_resources::Resources {
+        &self.inner.resources
     }
 
     pub fn addr(&self) -> SocketAddr {
