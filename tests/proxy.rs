@@ -30,8 +30,9 @@ async fn forwards_method_path_query_body_and_the_response_back() {
             )
             .header("X-Merchant-Id", "m1")
             .header(
+                // A live key: a test key would get `testmode` added (tests/rewrite.rs).
                 "Authorization",
-                "Bearer test_gatewaygatewaygatewaygatewayga",
+                "Bearer live_gatewaygatewaygatewaygatewayga",
             )
             .header("Idempotency-Key", "idem-123")
             .header("Content-Type", "application/json")
