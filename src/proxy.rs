@@ -347,13 +347,18 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let Some((from, to)) = &self.links else {
             return Ok(());
         };
+        if is_ruby_sdk(session.req_header()) {
+            // mollie-api-ruby keeps only the path of `https://api.mollie.com/…` hrefs (so it
+            // stays on the gateway by itself) and misreads any other href as a resource name.
+            return Ok(());
+        }
         let is_json = resp.headers.get(CONTENT_TYPE).is_some_and(|v| {
             let v = v.as_bytes();
             v.starts_with(b"application/hal+json") || v.starts_with(b"application/json")
@@ -550,6 +555,13 @@ pub fn rewrite_upstream_headers(
         req.set_uri(uri);
     }
     Ok(())
+}
+
+/// The Ruby SDK's `User-Agent` always carries ` Ruby/<version>`.
+fn is_ruby_sdk(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::USER_AGENT)
+        .is_some_and(|ua| ua.as_bytes().windows(6).any(|w| w == b" Ruby/"))
 }
 
 /// Hop-by-hop response headers (RFC 9110 §7.6.1) are the upstream connection's business, not
