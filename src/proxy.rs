@@ -29,7 +29,7 @@ use http::header::{
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -461,6 +461,17 @@ impl ProxyHttp for Gateway {
             e.retry.decide_reuse(client_reused);
         }
         e
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        _e: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // Our own replay after a 401 is expected, counted and in the access log line.
+        ctx.replay_outcome == Some("replayed")
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {

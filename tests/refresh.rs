@@ -169,6 +169,10 @@ async fn upstream_401_refreshes_and_replays_a_post_with_its_body() {
         1.0
     );
     assert_eq!(gw.metric("mollie_gateway_upstream_401_total").await, 1.0);
+    // The replay is expected: counted and in the access line, not a pingora warning.
+    let log = gw.log_text();
+    assert!(!log.contains("Fail to proxy"), "{log}");
+    assert!(log.contains("replayed=true"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
