@@ -159,19 +159,19 @@ impl Gateway {
             .headers
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let has_body_method =
+            method == Method::POST || method == Method::PATCH || method == Method::DELETE;
         match (length, chunked) {
-            (None | Some(0), false) => {
-                if testmode && (method == Method::GET || method == Method::DELETE) {
-                    ctx.query_testmode = true;
-                }
+            (None | Some(0), false)
+                if testmode && (method == Method::GET || method == Method::DELETE) =>
+            {
+                ctx.query_testmode = true;
             }
-            (Some(n), false) if json && n <= MAX_REWRITE_BODY => {
-                if method == Method::POST || method == Method::PATCH || method == Method::DELETE {
-                    let body = read_body(session, n).await?;
-                    ctx.body = with_body_defaults(&body, testmode, profile.as_deref());
-                }
+            (Some(n), false) if json && n > 0 && n <= MAX_REWRITE_BODY && has_body_method => {
+                let body = read_body(session, n).await?;
+                ctx.body = with_body_defaults(&body, testmode, profile.as_deref());
             }
-            // Not JSON, too large, or chunked: forwarded untouched.
+            // No body to add to, not JSON, too large, or chunked: forwarded untouched.
             _ => {}
         }
         Ok(())
