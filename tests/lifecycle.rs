@@ -16,14 +16,12 @@ use support::{client, log_dir, metric_value, Gateway, GatewayBuilder};
 
 /// Registers m1 at the fake and starts a gateway that knows it (with `env` overrides).
 fn start_with_m1(fake: &FakeMollie, env: &[(&str, &str)]) -> Gateway {
-    let rt = fake.add_merchant("m1");
     let mut builder = GatewayBuilder::new(fake);
     for (k, v) in env {
         builder = builder.env(k, *v);
     }
     let mut gw = builder.prepare();
-    let out = gw.cli(&["merchants", "add", "m1", "--refresh-token", &rt]);
-    assert!(out.status.success(), "merchants add: {out:?}");
+    gw.onboard(fake, "m1");
     gw.spawn();
     gw
 }

@@ -9,13 +9,8 @@ use support::{client, GatewayBuilder};
 #[tokio::test]
 async fn forwards_method_path_query_body_and_the_response_back() {
     let fake = FakeMollie::start().await;
-    let refresh = fake.add_merchant("m1");
-    let gw = GatewayBuilder::new(&fake).prepare();
-    assert!(gw
-        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
-        .status
-        .success());
-    let mut gw = gw;
+    let mut gw = GatewayBuilder::new(&fake).prepare();
+    gw.onboard(&fake, "m1");
     gw.spawn();
 
     for method in ["GET", "POST", "PATCH", "DELETE"] {
@@ -69,12 +64,8 @@ async fn forwards_method_path_query_body_and_the_response_back() {
 #[tokio::test]
 async fn upstream_statuses_and_bodies_pass_through_unchanged() {
     let fake = FakeMollie::start().await;
-    let refresh = fake.add_merchant("m1");
     let mut gw = GatewayBuilder::new(&fake).prepare();
-    assert!(gw
-        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
-        .status
-        .success());
+    gw.onboard(&fake, "m1");
     gw.spawn();
 
     let resp = client()
@@ -105,12 +96,8 @@ async fn upstream_statuses_and_bodies_pass_through_unchanged() {
 async fn absolute_form_targets_and_host_headers_cannot_redirect_the_upstream() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fake = FakeMollie::start().await;
-    let refresh = fake.add_merchant("m1");
     let mut gw = GatewayBuilder::new(&fake).prepare();
-    assert!(gw
-        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
-        .status
-        .success());
+    gw.onboard(&fake, "m1");
     gw.spawn();
 
     let mut s = tokio::net::TcpStream::connect(&gw.listen).await.unwrap();

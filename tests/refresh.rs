@@ -12,14 +12,12 @@ use support::{client, read_store, Gateway, GatewayBuilder};
 /// Registers `m1` at the fake, onboards it on a prepared gateway (with `env` overrides) and
 /// starts the gateway.
 fn start_with_m1(fake: &FakeMollie, env: &[(&str, &str)]) -> Gateway {
-    let rt = fake.add_merchant("m1");
     let mut builder = GatewayBuilder::new(fake);
     for (k, v) in env {
         builder = builder.env(k, *v);
     }
     let mut gw = builder.prepare();
-    let out = gw.cli(&["merchants", "add", "m1", "--refresh-token", &rt]);
-    assert!(out.status.success(), "merchants add: {out:?}");
+    gw.onboard(fake, "m1");
     gw.spawn();
     gw
 }

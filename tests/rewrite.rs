@@ -11,9 +11,7 @@ const LIVE_KEY: &str = "Bearer live_gatewaygatewaygatewaygatewayga";
 
 fn onboard(gw: &Gateway, fake: &FakeMollie, ids: &[&str]) {
     for id in ids {
-        let rt = fake.add_merchant(id);
-        let out = gw.cli(&["merchants", "add", id, "--refresh-token", &rt]);
-        assert!(out.status.success(), "{out:?}");
+        gw.onboard(fake, id);
     }
 }
 

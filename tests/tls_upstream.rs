@@ -11,15 +11,11 @@ use support::{client, GatewayBuilder};
 async fn https_upstream_with_sni_and_a_verified_certificate() {
     let fake = FakeMollie::start().await;
     let front = TlsFront::start(fake.addr()).await;
-    let refresh = fake.add_merchant("m1");
     let mut gw = GatewayBuilder::new(&fake)
         .env("UPSTREAM__BASE_URL", front.base_url())
         .env("UPSTREAM__CA_FILE", front.ca_file.display().to_string())
         .prepare();
-    assert!(gw
-        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
-        .status
-        .success());
+    gw.onboard(&fake, "m1");
     gw.spawn();
 
     let resp = client()
@@ -45,15 +41,11 @@ async fn https_upstream_with_sni_and_a_verified_certificate() {
 async fn an_untrusted_upstream_certificate_is_refused() {
     let fake = FakeMollie::start().await;
     let front = TlsFront::start(fake.addr()).await;
-    let refresh = fake.add_merchant("m1");
     // No ca_file: the test CA is not among the system's roots.
     let mut gw = GatewayBuilder::new(&fake)
         .env("UPSTREAM__BASE_URL", front.base_url())
         .prepare();
-    assert!(gw
-        .cli(&["merchants", "add", "m1", "--refresh-token", &refresh])
-        .status
-        .success());
+    gw.onboard(&fake, "m1");
     gw.spawn();
 
     let resp = client()

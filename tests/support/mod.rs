@@ -180,6 +180,15 @@ impl Gateway {
         c
     }
 
+    /// Registers `id` at the fake and stores its refresh token with `merchants add` (the CLI,
+    /// as an operator would); returns the refresh token.
+    pub fn onboard(&self, fake: &FakeMollie, id: &str) -> String {
+        let refresh = fake.add_merchant(id);
+        let out = self.cli(&["merchants", "add", id, "--refresh-token", &refresh]);
+        assert!(out.status.success(), "merchants add {id}: {out:?}");
+        refresh
+    }
+
     /// Runs a CLI subcommand to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.command()
