@@ -62,22 +62,27 @@ pub fn with_body_defaults(body: &[u8], testmode: bool, profile_id: Option<&str>)
 
 /// The most white space tolerated around `:` in `"href" : "…"` before giving up the match.
 const MAX_WHITESPACE: usize = 16;
+const KEY: &[u8] = b"\"href\"";
 
 /// Rewrites `"href": "<from>…"` to `"href": "<to>…"` in a JSON byte stream split anywhere.
 /// Both plain (`https://api.mollie.com/`) and slash-escaped (`https:\/\/api.mollie.com\/`)
-/// spellings are recognised and replaced in the same spelling. Bytes that may start a match are
-/// held back (at most the pattern's length) until the match is decided.
+/// spellings are recognised and replaced in the same spelling. It searches for the rare
+/// `"href"` with `memchr`'s substring search and holds back only a possible match cut by a
+/// chunk boundary (at most the pattern's length).
 pub struct LinkRewriter {
     from: [Vec<u8>; 2],
     to: [Vec<u8>; 2],
+    finder: memchr::memmem::Finder<'static>,
+    /// The tail of the previous chunk that may begin a match.
     pending: Vec<u8>,
 }
 
 enum Match {
     No,
+    /// The data ends before the match is decided.
     Partial,
-    /// The pending bytes end with `from[i]`.
-    Full(usize),
+    /// `from[k]` starts at this offset from the `"href"`.
+    Full(usize, usize),
 }
 
 impl LinkRewriter {
@@ -90,33 +95,22 @@ impl LinkRewriter {
         LinkRewriter {
             from: [from.clone().into_bytes(), escape(from).into_bytes()],
             to: [to.clone().into_bytes(), escape(to).into_bytes()],
+            finder: memchr::memmem::Finder::new(KEY),
             pending: Vec::new(),
         }
     }
 
     /// Rewrites one chunk into `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut rest = input;
-        while !rest.is_empty() {
-            if self.pending.is_empty() {
-                // Fast path: copy everything up to the next quote.
-                match rest.iter().position(|b| *b == b'"') {
-                    None => {
-                        out.extend_from_slice(rest);
-                        return;
-                    }
-                    Some(i) => {
-                        out.extend_from_slice(&rest[..i]);
-                        self.pending.push(b'"');
-                        rest = &rest[i + 1..];
-                        self.settle(out);
-                    }
-                }
-            } else {
-                self.pending.push(rest[0]);
-                rest = &rest[1..];
-                self.settle(out);
-            }
+        if self.pending.is_empty() {
+            let keep = self.rewrite(input, out);
+            self.pending.extend_from_slice(&input[keep..]);
+        } else {
+            let mut data = std::mem::take(&mut self.pending);
+            data.extend_from_slice(input);
+            let keep = self.rewrite(&data, out);
+            data.drain(..keep);
+            self.pending = data;
         }
     }
 
@@ -125,53 +119,46 @@ impl LinkRewriter {
         out.append(&mut self.pending);
     }
 
-    /// Decides the pending bytes as far as possible.
-    fn settle(&mut self, out: &mut Vec<u8>) {
-        loop {
-            match self.classify() {
-                Match::Partial => return,
-                Match::Full(i) => {
-                    let keep = self.pending.len() - self.from[i].len();
-                    out.extend_from_slice(&self.pending[..keep]);
-                    out.extend_from_slice(&self.to[i]);
-                    self.pending.clear();
-                    return;
+    /// Rewrites `data` into `out` up to the returned offset; the rest may begin a match.
+    fn rewrite(&self, data: &[u8], out: &mut Vec<u8>) -> usize {
+        let mut pos = 0;
+        while let Some(found) = self.finder.find(&data[pos..]) {
+            let at = pos + found;
+            out.extend_from_slice(&data[pos..at]);
+            match self.classify(&data[at..]) {
+                Match::Full(k, offset) => {
+                    out.extend_from_slice(&data[at..at + offset]);
+                    out.extend_from_slice(&self.to[k]);
+                    pos = at + offset + self.from[k].len();
                 }
+                Match::Partial => return at,
                 Match::No => {
-                    // Emit the first byte; a later quote may start a new match.
-                    let rest = self.pending.split_off(1);
-                    out.append(&mut self.pending);
-                    match rest.iter().position(|b| *b == b'"') {
-                        None => {
-                            out.extend_from_slice(&rest);
-                            return;
-                        }
-                        Some(i) => {
-                            out.extend_from_slice(&rest[..i]);
-                            self.pending.extend_from_slice(&rest[i..]);
-                        }
-                    }
+                    out.extend_from_slice(&data[at..at + KEY.len()]);
+                    pos = at + KEY.len();
                 }
             }
         }
+        // A `"href"` cut by the end of the chunk: hold back the longest suffix that begins it.
+        let tail = &data[pos..];
+        let held = (1..KEY.len().min(tail.len() + 1))
+            .rev()
+            .find(|n| tail.ends_with(&KEY[..*n]))
+            .unwrap_or(0);
+        let end = data.len() - held;
+        out.extend_from_slice(&data[pos..end]);
+        end
     }
 
-    /// Matches `"href"` WS* `:` WS* `"` FROM against the pending bytes.
-    fn classify(&self) -> Match {
-        let p = self.pending.as_slice();
-        const KEY: &[u8] = b"\"href\"";
-        let n = p.len().min(KEY.len());
-        if p[..n] != KEY[..n] {
-            return Match::No;
-        }
-        if p.len() <= KEY.len() {
-            return Match::Partial;
-        }
+    /// Matches `"href"` WS* `:` WS* `"` FROM at the start of `p`.
+    fn classify(&self, p: &[u8]) -> Match {
         let mut i = KEY.len();
         let mut spaces = 0;
         let mut colon = false;
-        while i < p.len() {
-            match p[i] {
+        loop {
+            let Some(b) = p.get(i) else {
+                return Match::Partial;
+            };
+            match b {
                 b' ' | b'\t' | b'\n' | b'\r' => spaces += 1,
                 b':' if !colon => colon = true,
                 b'"' if colon => break,
@@ -182,15 +169,12 @@ impl LinkRewriter {
             }
             i += 1;
         }
-        if i == p.len() {
-            return Match::Partial;
-        }
         let value = &p[i + 1..];
         let mut partial = false;
         for (k, from) in self.from.iter().enumerate() {
             if value.len() >= from.len() {
                 if value[..from.len()] == from[..] {
-                    return Match::Full(k);
+                    return Match::Full(k, i + 1);
                 }
             } else if from.starts_with(value) {
                 partial = true;
