@@ -12,6 +12,9 @@
 
 use bytes::{Bytes, BytesMut};
 use http::Uri;
+use serde::de::IgnoredAny;
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// True when the query string already names `key` (`key=…` or a bare `key`).
 fn query_has(query: &str, key: &str) -> bool {
@@ -32,8 +35,8 @@ pub fn with_query_testmode(uri: &Uri) -> Option<Uri> {
 /// The JSON object `body` with `"testmode":true` and/or `"profileId":"…"` added at its top
 /// level where absent. `None` when nothing is to be added or the body is not a JSON object.
 pub fn with_body_defaults(body: &[u8], testmode: bool, profile_id: Option<&str>) -> Option<Bytes> {
-    let parsed: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let object = parsed.as_object()?;
+    // The top-level keys only: values are checked for validity but never built.
+    let object: HashMap<Cow<'_, str>, IgnoredAny> = serde_json::from_slice(body).ok()?;
     let mut insert = String::new();
     if testmode && !object.contains_key("testmode") {
         insert.push_str("\"testmode\":true");
