@@ -293,7 +293,13 @@ impl ProxyHttp for Gateway {
             )
             .into_up()
         })?;
-        let mut peer = HttpPeer::new(addr, self.upstream.tls, self.upstream.host.clone());
+        // SNI only means something over TLS: a plain-HTTP upstream costs no String per request.
+        let sni = if self.upstream.tls {
+            self.upstream.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, self.upstream.tls, sni);
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);

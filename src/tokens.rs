@@ -209,7 +209,9 @@ struct Inflight {
 }
 
 /// One merchant's state. Lives in the `DashMap`; changed only under its shard guard, in sync
-/// code.
+/// code. Slots sit inline in the map's table, one per merchant: the rare states (an error to
+/// repeat, a refresh in flight) are boxed, so a slot is 104 bytes, not 176 (100,000 merchants:
+/// a 16 MB table instead of 25 MB).
 struct Slot {
     refresh_token: RefreshToken,
     token: Option<Arc<CachedToken>>,
@@ -217,8 +219,8 @@ struct Slot {
     /// Consecutive failed refreshes, and until when callers get `last_error` at once.
     failures: u32,
     backoff_until: Option<Instant>,
-    last_error: Option<TokenError>,
-    inflight: Option<Inflight>,
+    last_error: Option<Box<TokenError>>,
+    inflight: Option<Box<Inflight>>,
     last_refresh: Option<(SystemTime, &'static str)>,
 }
 
@@ -328,15 +330,27 @@ impl TokenManager {
     /// The merchant's current access token: from the cache when fresh (the hot path: one
     /// shard read lock, no allocation), else after the single-flight refresh.
     pub async fn get(&self, merchant: &MerchantId) -> RefreshResult {
-        if let Some(slot) = self.inner.slots.get(merchant) {
-            if let Some(token) = &slot.token {
-                if Instant::now() < token.times.refresh_at {
-                    self.inner.metrics.token_cache_hits.inc();
-                    return Ok(token.clone());
-                }
-            }
+        if let Some(token) = self.cached(merchant) {
+            return Ok(token);
         }
-        self.get_slow(merchant).await
+        // Boxed: inline, the slow path's state (store reads, waiting for a refresh) made this
+        // future 440 bytes, moved and allocated on every request, cache hits included.
+        Box::pin(self.get_slow(merchant)).await
+    }
+
+    /// A fresh cached token: the clock is read before the shard's read lock is taken, and
+    /// the lock is held only for the lookup and an `Arc` clone.
+    fn cached(&self, merchant: &MerchantId) -> Option<Arc<CachedToken>> {
+        let now = Instant::now();
+        let slot = self.inner.slots.get(merchant)?;
+        let token = slot
+            .token
+            .as_ref()
+            .filter(|t| now < t.times.refresh_at)?
+            .clone();
+        drop(slot);
+        self.inner.metrics.token_cache_hits.inc();
+        Some(token)
     }
 
     async fn get_slow(&self, merchant: &MerchantId) -> RefreshResult {
@@ -463,11 +477,11 @@ impl TokenManager {
     ) -> watch::Receiver<Option<RefreshResult>> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        slot.inflight = Some(Inflight {
+        slot.inflight = Some(Box::new(Inflight {
             id,
             started: now,
             result: rx.clone(),
-        });
+        }));
         let this = self.clone();
         let merchant = merchant.clone();
         let refresh_token = slot.refresh_token.clone();
@@ -659,7 +673,7 @@ impl TokenManager {
                     .delay(slot.failures, fastrand::f64());
                 slot.backoff_until = Some(now + delay);
                 let e = e.with_retry_after(delay);
-                slot.last_error = Some(e.clone());
+                slot.last_error = Some(Box::new(e.clone()));
                 slot.last_refresh = Some((SystemTime::now(), "failed"));
                 if let Some(token) = &slot.token {
                     // Try again in the background once the backoff is over.

@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# End-to-end benches of mollie-gateway against nginx and the bare upstream, on 127.0.0.1 only.
+#
+#   benches/load.sh ab      # direct vs nginx vs gateway, interleaved rounds, medians (default)
+#   benches/load.sh storm   # refresh storm: N = 1, 100, 1000 requests on one expired token
+#   benches/load.sh scale   # 100,000 merchants: start-up time and RSS above an empty store
+#   benches/load.sh profile # where the gateway's CPU goes at 64 connections (perf/callgrind)
+#
+# Knobs (environment): ROUNDS=5 DURATION=10 (s per wrk run) CONNS="64 1" MERCHANTS=1000
+# WARMUP=3 LOGS=on|off (access logs of both proxies) DUMMY_KEY=live_… (test_… makes the
+# gateway add testmode=true) STORM_N=1,100,1000 TOKEN_DELAY_MS=50 SCALE_MERCHANTS=100000
+# SCALE_ROUNDS=3 KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
+# the gateway process, e.g. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 to try an allocator).
+# wrk runs on CPU 0; the upstream and the proxy under test share CPU 1 (WRK_CPU, SERVER_CPU).
+# Needs nginx and wrk (installed from Debian with apt-get when missing), curl and cargo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODE=${1:-ab}
+ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-10} CONNS=${CONNS:-"64 1"} WARMUP=${WARMUP:-3}
+MERCHANTS=${MERCHANTS:-1000} LOGS=${LOGS:-on} TOKEN_DELAY_MS=${TOKEN_DELAY_MS:-50}
+STORM_N=${STORM_N:-1,100,1000} SCALE_MERCHANTS=${SCALE_MERCHANTS:-100000} SCALE_ROUNDS=${SCALE_ROUNDS:-3}
+WRK_CPU=${WRK_CPU:-0} SERVER_CPU=${SERVER_CPU:-1}
+[ "$(nproc)" -ge 2 ] || { WRK_CPU=0 SERVER_CPU=0; }
+export TOKEN_SUFFIX=gatewaybench0123456789 DUMMY_KEY=${DUMMY_KEY:-live_gatewaygatewaygatewaygatewayga}
+TICK=$(getconf CLK_TCK)
+
+need() { command -v "$1" >/dev/null; }
+if ! need nginx || ! need wrk; then
+  echo "installing nginx and wrk (Debian packages)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light wrk >&2
+fi
+need curl && need taskset || { echo "needs curl and taskset" >&2; exit 1; }
+cargo build --release --quiet --bin mollie-gateway --example bench_upstream --example bench_storm
+BIN=$ROOT/target/release/mollie-gateway KIT=$ROOT/target/release/examples/bench_upstream
+STORM=$ROOT/target/release/examples/bench_storm
+
+WORK=$(mktemp -d /tmp/mg-load.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP:-}" ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A port nothing listens on (bounded tries).
+free_port() {
+  local p
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 12000))  # below the ephemeral range (32768-)
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+  echo "no free port" >&2; exit 1
+}
+
+# Waits (at most 20 s) until `GET $2` on port $1 answers 200.
+wait_http() {
+  for _ in $(seq 1 4000); do
+    if { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null; then
+      printf 'GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' "$2" >&3
+      local line=""; read -r -t 2 line <&3 || true; exec 3<&- 3>&-
+      [[ $line == "HTTP/1.1 200"* ]] && return 0
+    fi
+    sleep 0.005
+  done
+  echo "port $1 not ready" >&2; return 1
+}
+
+# utime+stime (ticks) of the given PIDs, summed.
+cpu_ticks() {
+  local t=0 p
+  for p in "$@"; do t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}'))); done
+  echo "$t"
+}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# Starts bench_upstream (API + token endpoint); sets UP, TOK, UP_PID.
+start_upstream() {
+  rm -f "$WORK/upstream.ports"
+  taskset -c "$SERVER_CPU" "$KIT" serve --api 127.0.0.1:0 --tokens 127.0.0.1:0 \
+    --suffix "$TOKEN_SUFFIX" --token-delay-ms "${1:-0}" --ports-file "$WORK/upstream.ports" &
+  UP_PID=$!; PIDS+=("$UP_PID")
+  for _ in $(seq 1 500); do [ -s "$WORK/upstream.ports" ] && break; sleep 0.01; done
+  read -r UP TOK <"$WORK/upstream.ports"
+  wait_http "$TOK" /_stats
+}
+upstream_stat() { curl -s "127.0.0.1:$TOK/_stats" | sed "s/.*\"$1\":\([0-9]*\).*/\1/"; }
+
+# Writes a gateway config in $1 for a store at $1/credentials.json; sets GW, GWA.
+gateway_config() {
+  GW=$(free_port) GWA=$(free_port)
+  local level=info; [ "$LOGS" = on ] || level=warn
+  cat >"$1/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GW"
+admin_listen = "127.0.0.1:$GWA"
+threads = 1
+upgrade_sock = "$1/upgrade.sock"
+pid_file = "$1/gateway.pid"
+[upstream]
+base_url = "http://127.0.0.1:$UP"
+token_url = "http://127.0.0.1:$TOK/oauth2/tokens"
+[oauth]
+client_id = "app_bench"
+client_secret = "bench_secret"
+background_refresh = ${BACKGROUND_REFRESH:-true}
+[store]
+path = "$1/credentials.json"
+[log]
+level = "$level"
+EOF
+}
+
+# Starts the gateway of directory $1 (pinned, 1 worker thread); sets GW_PID.
+start_gateway() {
+  env MOLLIE_GATEWAY__SERVER__THREADS=1 ${GATEWAY_ENV:-} taskset -c "$SERVER_CPU" "$BIN" \
+    --config "$1/gateway.toml" run 2>>"$1/gateway.log" &
+  GW_PID=$!; PIDS+=("$GW_PID")
+  wait_http "$GWA" /readyz
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# Starts nginx (1 worker, map over the merchants, upstream keepalive); sets NG, NG_PIDS.
+start_nginx() {
+  local d=$WORK/nginx; mkdir -p "$d"
+  NG=$(free_port)
+  "$KIT" nginx-map --merchants "$MERCHANTS" --suffix "$TOKEN_SUFFIX" >"$d/merchants.map"
+  local access="access_log $d/access.log;"; [ "$LOGS" = on ] || access="access_log off;"
+  cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+user root;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  $access
+  client_body_temp_path $d/body; proxy_temp_path $d/proxy;
+  fastcgi_temp_path $d/fcgi; uwsgi_temp_path $d/uwsgi; scgi_temp_path $d/scgi;
+  map_hash_bucket_size 128;
+  map \$http_x_merchant_id \$mollie_token {
+    default "";
+    include $d/merchants.map;
+  }
+  upstream mollie { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://mollie;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization \$mollie_token;
+      proxy_set_header X-Merchant-Id "";
+    }
+  }
+}
+EOF
+  taskset -c "$SERVER_CPU" nginx -p "$d" -c "$d/nginx.conf" &
+  local master=$!; PIDS+=("$master")
+  for _ in $(seq 1 400); do pgrep -P "$master" >/dev/null && break; sleep 0.01; done
+  NG_PIDS="$master $(pgrep -P "$master" | tr '\n' ' ')"
+}
+
+# One wrk run: target name, connections, port, mode, PIDs of the proxy → a results row.
+run_wrk() {
+  local target=$1 conns=$2 port=$3 mode=$4; shift 4
+  local before up_before out after up_after
+  before=$(cpu_ticks "$@"); up_before=$(cpu_ticks "$UP_PID")
+  out=$(MODE=$mode MERCHANTS=$MERCHANTS taskset -c "$WRK_CPU" \
+    wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s -s benches/rotate.lua "http://127.0.0.1:$port" | grep '^RESULT')
+  after=$(cpu_ticks "$@"); up_after=$(cpu_ticks "$UP_PID")
+  local kv; kv=$(echo "$out" | cut -d' ' -f2-)
+  local requests rps p50 p99 p999 non2xx errors
+  eval "$(echo "$kv" | tr ' ' '\n' | grep -E '^(requests|rps|p50|p99|p999|non2xx|errors)=')"
+  awk -v t="$target" -v c="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v d="$p999" -v n="$non2xx" \
+      -v e="$errors" -v q="$requests" -v cpu=$((after - before)) -v up=$((up_after - up_before)) -v tick="$TICK" \
+    'BEGIN {printf "%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.2f\t%.2f\n", t, c, r, a, b, d, n, e,
+            cpu * 1e6 / tick / q, up * 1e6 / tick / q}'
+}
+
+ab() {
+  start_upstream 0
+  mkdir -p "$WORK/gw"
+  gateway_config "$WORK/gw"
+  "$KIT" store --merchants "$MERCHANTS" --out "$WORK/gw/credentials.json"
+  start_gateway "$WORK/gw"
+  start_nginx
+  local dur=$DURATION; DURATION=$WARMUP
+  for t in direct nginx gateway; do warm_row=$(one "$t" 64); done
+  DURATION=$dur
+  echo "warm-up done (token endpoint calls: $(upstream_stat token_calls))" >&2
+  local rows=$WORK/rows.tsv order
+  for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then order="direct nginx gateway"; else order="gateway nginx direct"; fi
+    for c in $CONNS; do
+      for t in $order; do one "$t" "$c" | tee -a "$rows" >&2; done
+    done
+  done
+  summarize "$rows"
+  echo
+  echo "upstream answers: $(upstream_stat api_ok) × 200, $(upstream_stat api_401) × 401; token endpoint calls: $(upstream_stat token_calls)"
+}
+
+one() {
+  case $1 in
+    direct) run_wrk direct "$2" "$UP" direct "$UP_PID" ;;
+    nginx) run_wrk nginx "$2" "$NG" proxy $NG_PIDS ;;
+    gateway) run_wrk gateway "$2" "$GW" proxy "$GW_PID" ;;
+  esac
+}
+
+# Medians per target and connection count, then the ratios the issue asks for.
+summarize() {
+  local rows=$1
+  med() { awk -F'\t' -v t="$1" -v c="$2" -v k="$3" '$1 == t && $2 == c {print $k}' "$rows" | median; }
+  echo "Medians of $ROUNDS interleaved rounds, ${DURATION}s each, $MERCHANTS merchants, access logs $LOGS:"
+  echo
+  echo "| target | conns | req/s | p50 µs | p99 µs | p99.9 µs | non-2xx | errors | proxy CPU µs/req | upstream CPU µs/req |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  for c in $CONNS; do
+    for t in direct nginx gateway; do
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$c" \
+        "$(med $t $c 3)" "$(med $t $c 4)" "$(med $t $c 5)" "$(med $t $c 6)" "$(med $t $c 7)" \
+        "$(med $t $c 8)" "$( [ $t = direct ] && echo "—" || med $t $c 9)" "$(med $t $c 10)"
+    done
+  done
+  echo
+  for c in $CONNS; do
+    awk -v c="$c" -v gr="$(med gateway $c 3)" -v nr="$(med nginx $c 3)" -v dr="$(med direct $c 3)" \
+        -v gc="$(med gateway $c 9)" -v nc="$(med nginx $c 9)" \
+        -v gp="$(med gateway $c 4)" -v np="$(med nginx $c 4)" -v dp="$(med direct $c 4)" \
+      'BEGIN {printf "%s conns: gateway/nginx req/s %.2f×, CPU µs/req %.2f×; gateway/direct req/s %.2f×; p50 added over direct: gateway %d µs, nginx %d µs\n",
+              c, gr / nr, gc / nc, gr / dr, gp - dp, np - dp}'
+  done
+}
+
+storm() {
+  start_upstream "$TOKEN_DELAY_MS"
+  mkdir -p "$WORK/gw"
+  BACKGROUND_REFRESH=false gateway_config "$WORK/gw"
+  "$KIT" store --merchants 0 --storm 1 --out "$WORK/gw/credentials.json"
+  start_gateway "$WORK/gw"
+  echo "Refresh storm: token endpoint latency ${TOKEN_DELAY_MS} ms, storm token lifetime 2 s (usable 1.5 s), gateway 1 thread:"
+  echo
+  taskset -c "$WRK_CPU" "$STORM" --gateway "127.0.0.1:$GW" --stats "127.0.0.1:$TOK" --n "$STORM_N"
+}
+
+# Starts a gateway on the store in $1; sets STARTUP_MS (spawn → /readyz 200) and RSS.
+timed_start() {
+  local t0 t1; t0=$(date +%s%N)
+  start_gateway "$1"
+  t1=$(date +%s%N)
+  STARTUP_MS=$(( (t1 - t0) / 1000000 )) RSS=$(rss_kib "$GW_PID")
+}
+
+scale() {
+  start_upstream 0
+  mkdir -p "$WORK/empty" "$WORK/big"
+  "$KIT" store --merchants 0 --storm 0 --out "$WORK/empty/credentials.json"
+  "$KIT" store --merchants "$SCALE_MERCHANTS" --storm 0 --out "$WORK/big/credentials.json"
+  local se=() re=() sb=() rb=()
+  for _ in $(seq 1 "$SCALE_ROUNDS"); do
+    for d in empty big; do
+      gateway_config "$WORK/$d"
+      timed_start "$WORK/$d"
+      if [ $d = empty ]; then se+=("$STARTUP_MS"); re+=("$RSS"); else sb+=("$STARTUP_MS"); rb+=("$RSS"); fi
+      stop "$GW_PID"
+    done
+  done
+  # Once more with every token cached: one request per merchant (wrk, bounded).
+  gateway_config "$WORK/big"
+  start_gateway "$WORK/big"
+  local calls0 fetched; calls0=$(upstream_stat token_calls)
+  for _ in $(seq 1 10); do
+    fetched=$(( $(upstream_stat token_calls) - calls0 ))
+    [ "$fetched" -ge "$SCALE_MERCHANTS" ] && break
+    START=$fetched MODE=proxy MERCHANTS=$SCALE_MERCHANTS taskset -c "$WRK_CPU" \
+      wrk -t1 -c64 -d10s --timeout 5s -s benches/rotate.lua "http://127.0.0.1:$GW" >/dev/null
+  done
+  local warmed; warmed=$(rss_kib "$GW_PID")
+  local e b eb; e=$(printf '%s\n' "${re[@]}" | median); b=$(printf '%s\n' "${rb[@]}" | median)
+  echo "Scale: $SCALE_MERCHANTS merchants in the file store ($(du -k "$WORK/big/credentials.json" | cut -f1) KiB), medians of $SCALE_ROUNDS starts:"
+  echo
+  echo "| store | start-up ms (spawn → /readyz 200) | RSS MiB after start | RSS above empty MiB |"
+  echo "|---|---|---|---|"
+  awk -v s="$(printf '%s\n' "${se[@]}" | median)" -v r="$e" 'BEGIN {printf "| empty | %d | %.1f | — |\n", s, r / 1024}'
+  awk -v s="$(printf '%s\n' "${sb[@]}" | median)" -v r="$b" -v e="$e" \
+    'BEGIN {printf "| %s merchants | %d | %.1f | %.1f |\n", ENVIRON["SCALE_MERCHANTS"], s, r / 1024, (r - e) / 1024}'
+  eb=$(( $(upstream_stat token_calls) - calls0 ))
+  awk -v r="$warmed" -v e="$e" -v n="$eb" \
+    'BEGIN {printf "| same, after %d token fetches (every token cached) | — | %.1f | %.1f |\n", n, r / 1024, (r - e) / 1024}'
+}
+
+# Where the gateway's CPU goes at 64 connections: perf (cpu-clock samples with DWARF call
+# graphs) when it works here, else valgrind's callgrind over a shorter run.
+profile() {
+  start_upstream 0
+  mkdir -p "$WORK/gw"
+  gateway_config "$WORK/gw"
+  "$KIT" store --merchants "$MERCHANTS" --out "$WORK/gw/credentials.json"
+  start_gateway "$WORK/gw"
+  DURATION=$WARMUP one gateway 64 >/dev/null
+  local out=${PROFILE_OUT:-$WORK}
+  if perf record -q -e cpu-clock -o "$WORK/probe.data" true 2>/dev/null; then
+    DURATION=$DURATION one gateway 64 >"$WORK/row" &
+    local w=$!
+    sleep 1
+    perf record -q -F 1999 -e cpu-clock --call-graph dwarf,32768 -p "$GW_PID" -o "$out/perf.data" -- sleep $((DURATION - 2)) 2>/dev/null
+    wait $w
+    cat "$WORK/row"
+    echo
+    echo "Where the gateway's CPU goes (share of cpu-clock samples, by call stack):"
+    echo
+    perf script -i "$out/perf.data" 2>/dev/null | awk '
+      BEGIN { RS = "" }
+      {
+        n++; split($0, f, "\n"); leaf = f[2]
+        if ($0 ~ /ProxyHttp>::logging/) k = "access log line + metrics (`logging` hook)"
+        else if ($0 ~ /mollie_gateway::/) k = "other gateway hooks (merchant check, token lookup, rewrite, peer)"
+        else if (leaf ~ /kernel/) k = "kernel (syscalls, loopback TCP, scheduling)"
+        else if (leaf ~ /malloc|free|_int_|realloc|unlink_chunk|consolidate|rdl_alloc/) k = "malloc/free inside pingora/tokio"
+        else k = "pingora + tokio + http, user space"
+        c[k]++
+      }
+      END { for (k in c) printf "| %s | %.1f%% |\n", k, 100 * c[k] / n }' | sort -t'|' -k3 -rn
+    echo
+    perf report -i "$out/perf.data" --no-children --sort symbol --percent-limit 1 --stdio -g none 2>/dev/null \
+      | grep -v '^#' | grep -v '^$' | cut -c1-120 | head -25
+    echo "(call graphs: perf report -i $out/perf.data --children)"
+  else
+    echo "perf unusable here: callgrind (slow; a 64-connection wrk run of ${DURATION}s)" >&2
+    stop "$GW_PID"
+    MOLLIE_GATEWAY__SERVER__THREADS=1 taskset -c "$SERVER_CPU" valgrind --tool=callgrind \
+      --callgrind-out-file="$out/callgrind.out" "$BIN" --config "$WORK/gw/gateway.toml" run 2>>"$WORK/gw/gateway.log" &
+    GW_PID=$!; PIDS+=("$GW_PID")
+    wait_http "$GWA" /readyz
+    one gateway 64
+    stop "$GW_PID"
+    callgrind_annotate "$out/callgrind.out" | head -60
+  fi
+}
+
+case $MODE in
+  ab) ab ;;
+  profile) profile ;;
+  storm) storm ;;
+  scale) export SCALE_MERCHANTS; scale ;;
+  *) echo "usage: $0 [ab|storm|scale|profile]" >&2; exit 2 ;;
+esac
