@@ -117,8 +117,8 @@ fn serve(config: Arc<Config>, api: String, tokens: String, ports_file: Option<St
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let api = TcpListener::bind(&api).await.expect("bind --api");
-        let tokens = TcpListener::bind(&tokens).await.expect("bind --tokens");
+        let api = listen(&api).expect("bind --api");
+        let tokens = listen(&tokens).expect("bind --tokens");
         if let Some(path) = ports_file {
             let port = |l: &TcpListener| l.local_addr().expect("bound").port();
             let ports = format!("{} {}\n", port(&api), port(&tokens));
@@ -130,6 +130,16 @@ fn serve(config: Arc<Config>, api: String, tokens: String, ports_file: Option<St
         tokio::spawn(accept(tokens, c, true));
         accept(api, config, false).await;
     });
+}
+
+/// A listener with a 4096-connection accept queue (tokio's `bind` gives 1024): a refresh storm
+/// of 1,000 requests opens most of its upstream connections at once.
+fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn accept(listener: TcpListener, config: Arc<Config>, tokens: bool) {
