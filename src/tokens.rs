@@ -15,12 +15,15 @@
 //! `lifetime - min(w / 2, 30 s)` (still served, while one refresh runs), then `expired`
 //! (callers wait for the refresh). The background refresher starts refreshes a jittered moment
 //! before `lifetime - w`, so requests rarely see anything but `fresh`.
+//!
+//! Sub-modules: `policy` (the timing rules and the backoff, pure), `operators` (onboarding,
+//! removal, forced refresh, state listing), `refresher` (the background service).
 
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::oauth::{Grant, OAuthError, TokenEndpoint};
 use crate::store::{CredentialStore, StoredMerchant};
-use crate::types::{AccessToken, MerchantId, RefreshToken, Secret};
+use crate::types::{AccessToken, MerchantId, RefreshToken};
 use dashmap::DashMap;
 use http::HeaderValue;
 use std::cmp::Reverse;
@@ -33,62 +36,12 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// The most a token may be used after its proactive window opened, whatever its lifetime.
-pub const MAX_STALE_MARGIN: Duration = Duration::from_secs(30);
-
-/// Exponential backoff with equal jitter, built by a checked constructor.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Result<Backoff, String> {
-        if min.is_zero() {
-            return Err("backoff minimum must be above zero".into());
-        }
-        if max < min {
-            return Err("backoff maximum must not be below the minimum".into());
-        }
-        Ok(Backoff { min, max })
-    }
-
-    /// The delay after `failures` consecutive failures (1 = first): `min * 2^(failures-1)`
-    /// capped at `max`, of which the upper half is scaled by `unit` (a random number in 0..1).
-    pub fn delay(&self, failures: u32, unit: f64) -> Duration {
-        let exp = failures.saturating_sub(1).min(32);
-        let base = self.min.saturating_mul(1u32 << exp.min(31)).min(self.max);
-        let half = base / 2;
-        half + half.mul_f64(unit.clamp(0.0, 1.0))
-    }
-}
-
-/// When a token issued at `issued` (the moment its request was sent) for `lifetime` becomes
-/// stale, unusable, and due for a background refresh (`jitter_unit` in 0..1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenTimes {
-    pub refresh_at: Instant,
-    pub usable_until: Instant,
-    pub background_at: Instant,
-}
-
-pub fn token_times(
-    issued: Instant,
-    lifetime: Duration,
-    window: Duration,
-    jitter_unit: f64,
-) -> TokenTimes {
-    let window = window.min(lifetime / 2);
-    let refresh_at = issued + (lifetime - window);
-    let margin = (window / 2).min(MAX_STALE_MARGIN);
-    let jitter = (window / 2).mul_f64(jitter_unit.clamp(0.0, 1.0));
-    TokenTimes {
-        refresh_at,
-        usable_until: issued + (lifetime - margin),
-        background_at: refresh_at - jitter,
-    }
-}
+mod operators;
+mod policy;
+mod refresher;
+pub use operators::MerchantStatus;
+pub use policy::{token_times, Backoff, TokenPolicy, TokenTimes, MAX_STALE_MARGIN};
+pub use refresher::RefresherService;
 
 /// A cached access token, ready to be put on a request.
 pub struct CachedToken {
@@ -173,32 +126,6 @@ impl TokenError {
     }
 }
 
-/// How tokens are refreshed (from `[oauth]`).
-#[derive(Debug, Clone, Copy)]
-pub struct TokenPolicy {
-    pub refresh_before_expiry: Duration,
-    /// How long a caller waits for someone else's refresh before answering 503.
-    pub waiter_timeout: Duration,
-    /// A refresh older than this no longer blocks a new one (a stuck leader).
-    pub stuck_leader_after: Duration,
-    pub backoff: Backoff,
-}
-
-impl TokenPolicy {
-    pub fn from_settings(s: &crate::config::Settings) -> Result<TokenPolicy, String> {
-        let token_timeout = s.oauth.token_timeout();
-        Ok(TokenPolicy {
-            refresh_before_expiry: Duration::from_secs(s.oauth.refresh_before_expiry_secs),
-            waiter_timeout: token_timeout + Duration::from_secs(1),
-            stuck_leader_after: token_timeout * 2 + Duration::from_secs(5),
-            backoff: Backoff::new(
-                Duration::from_millis(s.oauth.backoff_min_ms),
-                Duration::from_millis(s.oauth.backoff_max_ms),
-            )?,
-        })
-    }
-}
-
 type RefreshResult = Result<Arc<CachedToken>, TokenError>;
 
 /// A refresh in flight: its id, start, and where its result will appear.
@@ -241,18 +168,6 @@ impl Slot {
     fn in_backoff(&self, now: Instant) -> bool {
         self.backoff_until.is_some_and(|u| now < u)
     }
-}
-
-/// What an operator may see of a merchant (never a token).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MerchantStatus {
-    pub id: MerchantId,
-    /// `active`, `revoked`, `refreshing` or `backoff`.
-    pub state: &'static str,
-    /// Unix seconds when the cached access token expires, if there is one.
-    pub access_token_expires_at: Option<u64>,
-    pub last_refresh_at: Option<u64>,
-    pub last_refresh_outcome: Option<&'static str>,
 }
 
 /// What a caller of [`TokenManager::get`] got or waits for.
@@ -694,37 +609,6 @@ impl TokenManager {
         self.inner.schedule_changed.notify_one();
     }
 
-    /// Refreshes now (admin request), bypassing the backoff; the current token stays in use
-    /// until the new one arrives. Joins a refresh already in flight.
-    pub async fn refresh_now(&self, merchant: &MerchantId) -> RefreshResult {
-        let rx = {
-            let Some(mut slot) = self.inner.slots.get_mut(merchant) else {
-                return Err(TokenError::UnknownMerchant);
-            };
-            if slot.revoked {
-                return Err(TokenError::Revoked);
-            }
-            slot.backoff_until = None;
-            match &slot.inflight {
-                Some(inflight) => inflight.result.clone(),
-                None => self.start_refresh(&mut slot, merchant, Instant::now()),
-            }
-        };
-        self.wait(rx).await
-    }
-
-    /// One merchant's state, if it is known.
-    pub fn status(&self, merchant: &MerchantId) -> Option<MerchantStatus> {
-        self.statuses_of(
-            self.inner
-                .slots
-                .get(merchant)
-                .map(|e| (e.key().clone(), e))
-                .into_iter(),
-        )
-        .pop()
-    }
-
     /// After an upstream 401: forget `token_id` if it is still the merchant's current token.
     /// A newer token (from a concurrent refresh) stays.
     pub fn invalidate(&self, merchant: &MerchantId, token_id: u64) -> bool {
@@ -736,138 +620,6 @@ impl TokenManager {
             return true;
         }
         false
-    }
-
-    /// Stores a merchant's refresh token (a new authorization) and replaces its cache slot.
-    pub async fn add_refresh_token(
-        &self,
-        merchant: &MerchantId,
-        refresh_token: RefreshToken,
-    ) -> Result<(), TokenError> {
-        let stored = StoredMerchant::new(refresh_token);
-        let put = self.inner.store.put(merchant, &stored).await;
-        self.count_store("save", put.is_ok());
-        put.map_err(|e| TokenError::Store(e.to_string()))?;
-        self.inner.slots.insert(merchant.clone(), Slot::new(stored));
-        self.inner
-            .metrics
-            .merchants
-            .set(self.inner.slots.len() as i64);
-        Ok(())
-    }
-
-    /// Exchanges an authorization code (grant `authorization_code`), stores the refresh token
-    /// and caches the access token.
-    pub async fn add_authorization_code(
-        &self,
-        merchant: &MerchantId,
-        code: &Secret,
-        redirect_uri: Option<&str>,
-    ) -> Result<(), TokenError> {
-        let issued = Instant::now();
-        let answer = self
-            .inner
-            .endpoint
-            .exchange(Grant::AuthorizationCode { code, redirect_uri })
-            .await;
-        self.count_refresh("authorization_code", &answer);
-        let set = answer.map_err(|e| match e {
-            OAuthError::InvalidGrant(d) => TokenError::BadResponse(format!(
-                "the authorization code was rejected (invalid_grant: {d}); codes are single-use \
-                 and expire quickly"
-            )),
-            other => classify(other),
-        })?;
-        let refresh_token = set.refresh_token.clone().ok_or_else(|| {
-            TokenError::BadResponse("the code exchange returned no refresh_token".into())
-        })?;
-        self.add_refresh_token(merchant, refresh_token).await?;
-        let token = self.make_token(set.access_token, set.expires_in, issued)?;
-        if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
-            slot.token = Some(token.clone());
-            slot.last_refresh = Some((SystemTime::now(), "ok"));
-        }
-        self.schedule(token.times.background_at, token.id, merchant);
-        Ok(())
-    }
-
-    /// Removes a merchant from the store and the cache.
-    pub async fn remove(&self, merchant: &MerchantId) -> Result<bool, TokenError> {
-        let removed = self.inner.store.remove(merchant).await;
-        self.count_store("remove", removed.is_ok());
-        let removed = removed.map_err(|e| TokenError::Store(e.to_string()))?;
-        self.inner.slots.remove(merchant);
-        self.inner
-            .metrics
-            .merchants
-            .set(self.inner.slots.len() as i64);
-        Ok(removed)
-    }
-
-    /// Every cached merchant's state, sorted by id.
-    pub fn statuses(&self) -> Vec<MerchantStatus> {
-        let mut all = self.statuses_of(self.inner.slots.iter().map(|e| (e.key().clone(), e)));
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
-    }
-
-    fn statuses_of<'a, G: std::ops::Deref<Target = Slot> + 'a>(
-        &self,
-        slots: impl Iterator<Item = (MerchantId, G)>,
-    ) -> Vec<MerchantStatus> {
-        let now = Instant::now();
-        let unix = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_secs())
-        };
-        slots
-            .map(|(id, s)| {
-                let state = if s.revoked {
-                    "revoked"
-                } else if s.inflight.is_some() {
-                    "refreshing"
-                } else if s.in_backoff(now) {
-                    "backoff"
-                } else {
-                    "active"
-                };
-                MerchantStatus {
-                    id,
-                    state,
-                    access_token_expires_at: s.token.as_ref().and_then(|t| unix(t.expires_at)),
-                    last_refresh_at: s.last_refresh.and_then(|(t, _)| unix(t)),
-                    last_refresh_outcome: s.last_refresh.map(|(_, o)| o),
-                }
-            })
-            .collect()
-    }
-
-    /// Starts the background refreshes that are due; returns when the next one is.
-    fn run_due(&self, now: Instant) -> Option<Instant> {
-        loop {
-            let due = {
-                let mut heap = self
-                    .inner
-                    .schedule
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                match heap.peek() {
-                    Some(Reverse((at, _, _))) if *at <= now => heap.pop(),
-                    Some(Reverse((at, _, _))) => return Some(*at),
-                    None => return None,
-                }
-            };
-            let Some(Reverse((_, token_id, merchant))) = due else {
-                continue;
-            };
-            if let Some(mut slot) = self.inner.slots.get_mut(&merchant) {
-                let current = slot.token.as_ref().is_some_and(|t| t.id == token_id);
-                if current && !slot.revoked && slot.inflight.is_none() && !slot.in_backoff(now) {
-                    self.start_refresh(&mut slot, &merchant, now);
-                }
-            }
-        }
     }
 }
 
@@ -889,38 +641,6 @@ fn classify(e: OAuthError) -> TokenError {
         },
         OAuthError::BadResponse(r) => TokenError::BadResponse(r),
         OAuthError::InvalidGrant(r) => TokenError::BadResponse(format!("invalid_grant: {r}")),
-    }
-}
-
-/// Refreshes tokens a jittered moment before their proactive window opens, so requests
-/// rarely wait. Sleeps until the next due refresh (no polling); stops on shutdown.
-pub struct RefresherService {
-    pub tokens: TokenManager,
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for RefresherService {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let span = tracing::info_span!("refresher");
-        async {
-            loop {
-                let next = self.tokens.run_due(Instant::now());
-                let sleep = match next {
-                    Some(at) => tokio::time::sleep_until(at),
-                    None => tokio::time::sleep(Duration::from_secs(3600)),
-                };
-                tokio::select! {
-                    _ = sleep => {}
-                    _ = self.tokens.inner.schedule_changed.notified() => {}
-                    _ = shutdown.changed() => {
-                        tracing::info!("refresher stopped");
-                        return;
-                    }
-                }
-            }
-        }
-        .instrument(span)
-        .await
     }
 }
 
