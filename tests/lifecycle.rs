@@ -12,19 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::fake_mollie::FakeMollie;
-use support::{client, log_dir, metric_value, Gateway, GatewayBuilder};
-
-/// Registers m1 at the fake and starts a gateway that knows it (with `env` overrides).
-fn start_with_m1(fake: &FakeMollie, env: &[(&str, &str)]) -> Gateway {
-    let mut builder = GatewayBuilder::new(fake);
-    for (k, v) in env {
-        builder = builder.env(k, *v);
-    }
-    let mut gw = builder.prepare();
-    gw.onboard(fake, "m1");
-    gw.spawn();
-    gw
-}
+use support::{client, log_dir, metric_value, start_with_m1};
 
 /// Polls (bounded) until `cond` holds.
 async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {

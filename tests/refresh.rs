@@ -7,20 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::fake_mollie::{FakeMollie, TokenMode, UNAUTHORIZED_BODY};
-use support::{client, read_store, Gateway, GatewayBuilder};
-
-/// Registers `m1` at the fake, onboards it on a prepared gateway (with `env` overrides) and
-/// starts the gateway.
-fn start_with_m1(fake: &FakeMollie, env: &[(&str, &str)]) -> Gateway {
-    let mut builder = GatewayBuilder::new(fake);
-    for (k, v) in env {
-        builder = builder.env(k, *v);
-    }
-    let mut gw = builder.prepare();
-    gw.onboard(fake, "m1");
-    gw.spawn();
-    gw
-}
+use support::{client, read_store, start_with_m1, Gateway, GatewayBuilder};
 
 async fn get(gw: &Gateway, path: &str) -> reqwest::Response {
     client()

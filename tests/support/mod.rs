@@ -310,6 +310,18 @@ impl Gateway {
     }
 }
 
+/// Registers m1 at the fake and starts a gateway that knows it (with `env` overrides).
+pub fn start_with_m1(fake: &FakeMollie, env: &[(&str, &str)]) -> Gateway {
+    let mut builder = GatewayBuilder::new(fake);
+    for (k, v) in env {
+        builder = builder.env(k, *v);
+    }
+    let mut gw = builder.prepare();
+    gw.onboard(fake, "m1");
+    gw.spawn();
+    gw
+}
+
 /// The value of `sample` (exact name and label text) in a Prometheus text exposition.
 pub fn metric_value(text: &str, sample: &str) -> f64 {
     text.lines()
