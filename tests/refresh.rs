@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::fake_mollie::{FakeMollie, TokenMode, UNAUTHORIZED_BODY};
-use support::{client, read_store, start_with_m1, Gateway, GatewayBuilder};
+use support::{client, read_store, start_with_m1, Gateway};
 
 async fn get(gw: &Gateway, path: &str) -> reqwest::Response {
     client()
