@@ -83,6 +83,21 @@ async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> A
 }
 
 /// A proxied request for `merchant`: (status, X-Gateway-Error).
+/// Registers `id` at the fake, stores it with `PUT /admin/merchants/{id}` and checks that the
+/// proxy then serves it.
+async fn onboard_via_api(gw: &Gateway, fake: &FakeMollie, id: &str) {
+    let refresh = fake.add_merchant(id);
+    let put = admin(
+        gw,
+        "PUT",
+        &format!("/admin/merchants/{id}"),
+        Some(serde_json::json!({ "refresh_token": refresh })),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(proxied(gw, id).await.0, 200);
+}
+
 async fn proxied(gw: &Gateway, merchant: &str) -> (u16, String) {
     let resp = client()
         .get(format!("{}/v2/echo/check", gw.base_url()))
@@ -314,16 +329,8 @@ async fn put_with_a_code_exchanges_it_at_once() {
 #[tokio::test]
 async fn delete_forgets_the_merchant() {
     let fake = FakeMollie::start().await;
-    let refresh = fake.add_merchant("m1");
     let gw = gateway(&fake);
-    admin(
-        &gw,
-        "PUT",
-        "/admin/merchants/m1",
-        Some(serde_json::json!({"refresh_token": refresh})),
-    )
-    .await;
-    assert_eq!(proxied(&gw, "m1").await.0, 200);
+    onboard_via_api(&gw, &fake, "m1").await;
     let del = admin(&gw, "DELETE", "/admin/merchants/m1", None).await;
     assert_eq!(del.status, 200, "{}", del.body);
     assert_eq!(del.json(), serde_json::json!({"id": "m1", "removed": true}));
@@ -341,16 +348,8 @@ async fn delete_forgets_the_merchant() {
 #[tokio::test]
 async fn post_refresh_makes_exactly_one_token_call() {
     let fake = FakeMollie::start().await;
-    let refresh = fake.add_merchant("m1");
     let gw = gateway(&fake);
-    admin(
-        &gw,
-        "PUT",
-        "/admin/merchants/m1",
-        Some(serde_json::json!({"refresh_token": refresh})),
-    )
-    .await;
-    assert_eq!(proxied(&gw, "m1").await.0, 200);
+    onboard_via_api(&gw, &fake, "m1").await;
     let before = fake.token_calls_for("m1");
     let old_access = fake.current_access_token("m1").unwrap();
 
