@@ -198,7 +198,7 @@ fn lookup(c: &mut Criterion) {
             sdk_request,
             |req| {
                 let token: Arc<CachedToken> = ready(tm.get(next())).unwrap();
-                rewrite_upstream_headers(req, &header, &token.bearer, &host).unwrap();
+                rewrite_upstream_headers(req, &header, &token.bearer, &host, false).unwrap();
             },
             BatchSize::SmallInput,
         )

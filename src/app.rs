@@ -25,8 +25,6 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Retries pingora may make: 2 attempts in all, so a 401 is replayed once and never more.
-pub const MAX_ATTEMPTS: usize = 2;
 /// How long start-up waits for the first DNS answer before going on without it.
 pub const INITIAL_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,7 +39,6 @@ pub fn server_conf(s: &Settings) -> ServerConf {
         threads: s.server.threads,
         grace_period_seconds: Some(s.server.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(s.server.graceful_shutdown_timeout_secs),
-        max_retries: MAX_ATTEMPTS,
         upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,
         ca_file: Some(s.upstream.ca_file.clone()).filter(|f| !f.is_empty()),
         upgrade_sock: s.server.upgrade_sock.clone(),
@@ -142,18 +139,18 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    let connector = Connector::new(Some(
+        pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
+    ));
     let gateway = Gateway::new(
         parts.tokens.clone(),
         parts.upstream.clone(),
         s,
         parts.metrics.clone(),
+        connector,
     )
     .map_err(StartError)?;
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "mollie-gateway proxy",
-    );
+    let mut proxy = Service::new("mollie-gateway proxy".to_string(), gateway);
     if s.server.tls_cert.is_empty() {
         proxy.add_tcp(&listen);
     } else {

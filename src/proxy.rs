@@ -1,61 +1,59 @@
-//! The pingora `ProxyHttp` implementation: one merchant's request in, the same request with
-//! that merchant's access token out, the response streamed back.
+//! The proxy: one merchant's request in, the same request with that merchant's access token
+//! out, the response streamed back.
 //!
-//! Each hook does one job, in the phase where it belongs:
-//! - `request_filter`: reject a bad merchant header and fetch the token *before* anything is
-//!   sent upstream (errors are rendered here, nothing is forwarded);
-//! - `upstream_peer`: the configured upstream only, from resolved addresses (never the
-//!   caller's `Host` or absolute-form target);
-//! - `upstream_request_filter`: the rewrite (runs again on a replay, with the new token);
-//! - `upstream_response_filter`: a 401 invalidates the used token, refreshes, and asks
-//!   pingora to retry (its retry buffer keeps up to 64 KiB of body); `error_while_proxy`
-//!   keeps that retry allowed for non-idempotent methods;
-//! - `fail_to_proxy`: renders every error through `error.rs`;
-//! - `logging`: metrics and the one access-log line.
+//! It is a pingora-core [`HttpServerApp`] over pingora's pooled upstream [`Connector`], not a
+//! pingora-proxy `ProxyHttp`: the gateway does one fixed thing per request, and
+//! pingora-proxy's general machinery (a boxed future per hook, the request header cloned and
+//! re-validated, downstream and upstream halves joined over channels) cost twice the CPU of
+//! this whole path (`benches/README.md`). The steps, in order:
+//! 1. exactly one valid merchant header, and its token (a cache hit, or one shared refresh);
+//!    errors are answered here and nothing is sent upstream;
+//! 2. the defaults of [`defaults`] (which may read a small JSON body to rewrite it);
+//! 3. the upstream request, rewritten by [`headers`], to the configured upstream only (from
+//!    resolved addresses, never the caller's `Host` or absolute-form target);
+//! 4. an upstream 401 invalidates the used token, refreshes, and replays the request once with
+//!    the body kept in pingora's retry buffer (64 KiB); a pooled connection that turns out to
+//!    be closed is retried once on a new one for idempotent requests, as pingora-proxy does;
+//! 5. the response streamed back, hop-by-hop headers dropped, HAL links rewritten when
+//!    `upstream.public_base_url` is set;
+//! 6. metrics and the one access-log line.
 
-use crate::config::{Settings, TestMode};
+mod defaults;
+pub mod headers;
+
+pub use defaults::MAX_REWRITE_BODY;
+pub use headers::rewrite_upstream_headers;
+
+use crate::config::Settings;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::rewrite::{with_body_defaults, with_query_testmode, LinkRewriter};
+use crate::rewrite::{with_query_testmode, LinkRewriter};
 use crate::tokens::{CachedToken, TokenManager};
 use crate::types::{MerchantId, MerchantIdError};
 use crate::upstream::Endpoint;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{
-    ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
-    TRANSFER_ENCODING,
-};
-use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use defaults::{Defaults, Plan};
+use headers::{expects_continue, is_ruby_sdk, strip_hop_by_hop};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
-use std::collections::HashMap;
+use pingora::protocols::http::client::HttpSession as ClientSession;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Request bodies up to this size may get defaults added: pingora's retry buffer, which
-/// also keeps them for a 401 replay.
-pub const MAX_REWRITE_BODY: usize = 64 * 1024;
-
-/// Reads a whole request body of `length` bytes into pingora's retry buffer.
-async fn read_body(session: &mut Session, length: usize) -> Result<Bytes> {
-    session.enable_retry_buffering();
-    let mut body = Vec::with_capacity(length);
-    while let Some(chunk) = session.read_request_body().await? {
-        body.extend_from_slice(&chunk);
-        if body.len() > length {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "body longer than Content-Length",
-            );
-        }
-    }
-    Ok(Bytes::from(body))
-}
+use tokio::sync::Notify;
 
 /// Idle pooled upstream connections are closed after this long.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// At most this much of a 401 answer's body is read to keep its connection for reuse.
+const MAX_DISCARD: usize = 64 * 1024;
 
 pub struct Gateway {
     tokens: TokenManager,
@@ -66,16 +64,41 @@ pub struct Gateway {
     connect_timeout: Duration,
     read_timeout: Duration,
     metrics: Arc<Metrics>,
-    /// `[merchants.defaults.<id>]`: test mode and profile per merchant.
-    defaults: HashMap<MerchantId, Defaults>,
+    defaults: Defaults,
     /// (upstream base, public base) when `upstream.public_base_url` is set.
     links: Option<(String, String)>,
+    /// pingora's pooled upstream connections (`upstream.keepalive_pool_size`, `ca_file`).
+    connector: Connector,
+    /// Set when pingora starts shutting the service down: idle keep-alive connections close.
+    shutting_down: AtomicBool,
+    shutdown: Notify,
 }
 
-/// One merchant's request defaults, resolved from the settings once.
-struct Defaults {
-    testmode: TestMode,
-    profile_id: Option<Arc<str>>,
+/// Per-request state, for the metrics and the access log.
+struct RequestCtx {
+    started: Instant,
+    merchant: Option<MerchantId>,
+    /// The first upstream attempt started: the gateway-added latency ends here.
+    upstream_started: Option<Instant>,
+    upstream_status: Option<u16>,
+    replay_outcome: Option<&'static str>,
+    error_code: Option<&'static str>,
+}
+
+/// Why an upstream exchange ended before a response header arrived.
+enum Failure {
+    /// The caller's side failed (gone, or a malformed body).
+    Downstream(Box<Error>),
+    /// The upstream failed; `reused`: on a pooled connection.
+    Upstream { error: Box<Error>, reused: bool },
+    /// Something the gateway itself refuses.
+    Gateway(GatewayError),
+}
+
+/// An upstream exchange whose response header has been read.
+struct Upstream {
+    session: ClientSession,
+    peer: HttpPeer,
 }
 
 impl Gateway {
@@ -84,22 +107,9 @@ impl Gateway {
         upstream: Arc<Endpoint>,
         settings: &Settings,
         metrics: Arc<Metrics>,
+        connector: Connector,
     ) -> Result<Gateway, String> {
         let merchant_header = settings.merchants.header.as_str();
-        let mut defaults = HashMap::new();
-        for (id, d) in &settings.merchants.defaults {
-            let id = MerchantId::parse(id).map_err(|e| format!("merchant id {id:?} {e}"))?;
-            let profile_id = Some(d.profile_id.as_str())
-                .filter(|p| !p.is_empty())
-                .map(Arc::from);
-            defaults.insert(
-                id,
-                Defaults {
-                    testmode: d.testmode,
-                    profile_id,
-                },
-            );
-        }
         let public = settings.upstream.public_base_url.trim_end_matches('/');
         let links = (!public.is_empty()).then(|| {
             (
@@ -108,7 +118,7 @@ impl Gateway {
             )
         });
         Ok(Gateway {
-            defaults,
+            defaults: Defaults::from_settings(settings)?,
             links,
             tokens,
             upstream_host: HeaderValue::from_str(&upstream.authority)
@@ -119,62 +129,10 @@ impl Gateway {
             connect_timeout: settings.upstream.connect_timeout(),
             read_timeout: settings.upstream.read_timeout(),
             metrics,
+            connector,
+            shutting_down: AtomicBool::new(false),
+            shutdown: Notify::new(),
         })
-    }
-
-    /// Works out what this request needs added (DESIGN.md §5): `testmode` when the merchant's
-    /// mode says so, `profileId` on creates. A JSON body that needs it is read now (up to the
-    /// 64 KiB retry buffer), so its rewritten length is known before the header goes upstream;
-    /// pingora then sends it from the retry buffer through `request_body_filter`.
-    async fn plan_defaults(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        merchant: &MerchantId,
-    ) -> Result<()> {
-        let d = self.defaults.get(merchant);
-        let req = session.req_header();
-        let testmode = match d.map(|d| d.testmode).unwrap_or_default() {
-            TestMode::Always => true,
-            TestMode::Never => false,
-            TestMode::FromKey => req
-                .headers
-                .get(AUTHORIZATION)
-                .is_some_and(|v| v.as_bytes().starts_with(b"Bearer test_")),
-        };
-        let method = req.method.clone();
-        let profile = d
-            .and_then(|d| d.profile_id.clone())
-            .filter(|_| method == Method::POST);
-        if !testmode && profile.is_none() {
-            return Ok(());
-        }
-        let length = req
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let chunked = req.headers.contains_key(TRANSFER_ENCODING);
-        let json = req
-            .headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        let has_body_method =
-            method == Method::POST || method == Method::PATCH || method == Method::DELETE;
-        match (length, chunked) {
-            (None | Some(0), false)
-                if testmode && (method == Method::GET || method == Method::DELETE) =>
-            {
-                ctx.query_testmode = true;
-            }
-            (Some(n), false) if json && n > 0 && n <= MAX_REWRITE_BODY && has_body_method => {
-                let body = read_body(session, n).await?;
-                ctx.body = with_body_defaults(&body, testmode, profile.as_deref());
-            }
-            // No body to add to, not JSON, too large, or chunked: forwarded untouched.
-            _ => {}
-        }
-        Ok(())
     }
 
     /// The merchant named by the request: exactly one valid header.
@@ -195,105 +153,89 @@ impl Gateway {
         })
     }
 
-    /// Answers the caller with a gateway error; the request goes no further.
-    async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, error: GatewayError) {
-        let (header, body) = error.response();
-        ctx.error_code = Some(error.code());
-        // The unread request body makes the connection unusable for another request.
-        session.set_keepalive(None);
-        let written = match session.write_response_header(Box::new(header), false).await {
-            Ok(()) => session.write_response_body(Some(body), true).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "cannot send error response; caller gone");
-        }
-    }
-}
-
-/// Per-request state shared by the hooks.
-pub struct RequestCtx {
-    started: Instant,
-    merchant: Option<MerchantId>,
-    /// The token put on the current attempt (replaced before a replay).
-    token: Option<Arc<CachedToken>>,
-    /// Set when the first upstream attempt starts: the gateway-added latency ends there.
-    upstream_started: Option<Instant>,
-    upstream_status: Option<u16>,
-    /// An upstream 401 was answered by a refresh; the next error is our replay request.
-    replay_pending: bool,
-    replay_outcome: Option<&'static str>,
-    /// A gateway error to render in `fail_to_proxy` (set when a refresh after a 401 fails).
-    error: Option<GatewayError>,
-    error_code: Option<&'static str>,
-    /// Add `testmode=true` to the query string.
-    query_testmode: bool,
-    /// The rewritten request body (testmode/profileId added), sent instead of the original.
-    body: Option<Bytes>,
-    /// Rewrites HAL links in this response.
-    links: Option<LinkRewriter>,
-}
-
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            merchant: None,
-            token: None,
-            upstream_started: None,
-            upstream_status: None,
-            replay_pending: false,
-            replay_outcome: None,
-            error: None,
-            error_code: None,
-            query_testmode: false,
-            body: None,
-            links: None,
-        }
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let merchant = match self.merchant(session.req_header()) {
+    /// Serves one request; true when its response was written completely.
+    async fn serve(&self, s: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
+        let merchant = match self.merchant(s.req_header()) {
             Ok(m) => m,
-            Err(e) => {
-                self.respond(session, ctx, e).await;
-                return Ok(true);
-            }
+            Err(e) => return self.respond(s, ctx, e).await,
         };
-        let token = self.tokens.get(&merchant).await;
-        ctx.merchant = Some(merchant);
-        match token {
-            Ok(token) => {
-                ctx.token = Some(token);
-                let merchant = ctx.merchant.clone().expect("set above");
-                self.plan_defaults(session, ctx, &merchant).await?;
-                Ok(false)
+        ctx.merchant = Some(merchant.clone());
+        let mut token = match self.tokens.get(&merchant).await {
+            Ok(token) => token,
+            Err(e) => return self.respond(s, ctx, e.to_gateway(&merchant)).await,
+        };
+        if expects_continue(s.req_header())
+            && !s.is_body_empty()
+            && s.write_continue_response().await.is_err()
+        {
+            return false;
+        }
+        s.enable_retry_buffering();
+        let plan = match self.defaults.plan(s, &merchant).await {
+            Ok(plan) => plan,
+            Err(e) => return self.fail(s, ctx, Failure::Downstream(e)).await,
+        };
+        ctx.upstream_started = Some(Instant::now());
+        let (mut replayed, mut retried) = (false, false);
+        loop {
+            let again = replayed || retried;
+            let up = match self.send(s, &plan, &token, again).await {
+                Ok(up) => up,
+                Err(Failure::Upstream { reused: true, .. })
+                    if !retried && self.may_resend(s, &plan) =>
+                {
+                    // A pooled connection the upstream had already closed.
+                    retried = true;
+                    continue;
+                }
+                Err(f) => return self.fail(s, ctx, f).await,
+            };
+            let status = up.session.response_header().map(|r| r.status);
+            if status != Some(StatusCode::UNAUTHORIZED) {
+                return self.stream_response(s, ctx, up).await;
             }
-            Err(e) => {
-                let error = e.to_gateway(ctx.merchant.as_ref().expect("set above"));
-                self.respond(session, ctx, error).await;
-                Ok(true)
+            self.metrics.upstream_401.inc();
+            if replayed {
+                ctx.replay_outcome = Some("rejected_again");
+                return self.stream_response(s, ctx, up).await;
+            }
+            self.tokens.invalidate(&merchant, token.id);
+            if plan.body.is_none() && s.retry_buffer_truncated() {
+                // Cannot replay: the caller gets this 401; the next request gets a fresh token.
+                ctx.replay_outcome = Some("body_too_large");
+                return self.stream_response(s, ctx, up).await;
+            }
+            match self.tokens.get(&merchant).await {
+                Ok(fresh) => {
+                    self.discard(up).await;
+                    token = fresh;
+                    replayed = true;
+                    ctx.replay_outcome = Some("replayed");
+                }
+                Err(e) => {
+                    ctx.replay_outcome = Some("refresh_failed");
+                    return self.respond(s, ctx, e.to_gateway(&merchant)).await;
+                }
             }
         }
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        ctx.upstream_started.get_or_insert_with(Instant::now);
-        let addr = self.upstream.addr().ok_or_else(|| {
-            Error::explain(
+    /// Whether a request may go upstream again after a failed attempt: idempotent, and its
+    /// whole body still at hand.
+    fn may_resend(&self, s: &ServerSession, plan: &Plan) -> bool {
+        s.req_header().method.is_idempotent()
+            && (plan.body.is_some() || !s.retry_buffer_truncated())
+    }
+
+    fn peer(&self) -> Result<HttpPeer, Failure> {
+        let addr = self.upstream.addr().ok_or_else(|| Failure::Upstream {
+            error: Error::explain(
                 ErrorType::ConnectNoRoute,
                 format!("{} is not resolved (DNS)", self.upstream.host),
-            )
-            .into_up()
+            ),
+            reused: false,
         })?;
-        // SNI only means something over TLS: a plain-HTTP upstream costs no String per request.
+        // SNI only means something over TLS: a plain-HTTP upstream costs no String.
         let sni = if self.upstream.tls {
             self.upstream.host.clone()
         } else {
@@ -302,68 +244,154 @@ impl ProxyHttp for Gateway {
         let mut peer = HttpPeer::new(addr, self.upstream.tls, sni);
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        Ok(Box::new(peer))
+        Ok(peer)
     }
 
-    async fn upstream_request_filter(
+    /// One upstream attempt: the rewritten header, the body, the response header.
+    /// `again`: a replay, whose body so far comes from the retry buffer.
+    async fn send(
         &self,
-        _session: &mut Session,
-        req: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let token = ctx
-            .token
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no token in context"))?;
+        s: &mut ServerSession,
+        plan: &Plan,
+        token: &CachedToken,
+        again: bool,
+    ) -> Result<Upstream, Failure> {
+        let peer = self.peer()?;
+        let (mut session, reused) =
+            self.connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|error| Failure::Upstream {
+                    error,
+                    reused: false,
+                })?;
+        let up = |error| Failure::Upstream { error, reused };
+        session.set_read_timeout(peer.options.read_timeout);
+        session.set_write_timeout(peer.options.write_timeout);
+
+        let mut req = Box::new(s.req_header().clone());
+        let has_body = plan.body.is_some() || !s.is_body_empty();
         rewrite_upstream_headers(
-            req,
+            &mut req,
             &self.merchant_header,
             &token.bearer,
             &self.upstream_host,
-        )?;
-        if ctx.query_testmode {
+            has_body,
+        )
+        .map_err(|e| Failure::Gateway(GatewayError::BadRequest(e.to_string())))?;
+        let internal = |e: Box<Error>| Failure::Gateway(GatewayError::Internal(e.to_string()));
+        if plan.query_testmode {
             if let Some(uri) = with_query_testmode(&req.uri) {
                 req.set_uri(uri);
             }
         }
-        if let Some(body) = &ctx.body {
-            req.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        if let Some(body) = &plan.body {
+            req.insert_header(CONTENT_LENGTH, body.len())
+                .map_err(internal)?;
         }
         if self.links.is_some() {
             // Links are rewritten in plain JSON: ask for it rather than inflate and deflate.
-            req.insert_header(ACCEPT_ENCODING, "identity")?;
+            req.insert_header(ACCEPT_ENCODING, "identity")
+                .map_err(internal)?;
         }
-        Ok(())
+        session.write_request_header(req).await.map_err(up)?;
+
+        if let Some(body) = &plan.body {
+            if !body.is_empty() {
+                session
+                    .write_request_body(body.clone(), true)
+                    .await
+                    .map_err(up)?;
+            }
+        } else {
+            if again {
+                if let Some(sent) = s.get_retry_buffer().filter(|b| !b.is_empty()) {
+                    session.write_request_body(sent, false).await.map_err(up)?;
+                }
+            }
+            while let Some(chunk) = s.read_request_body().await.map_err(Failure::Downstream)? {
+                session.write_request_body(chunk, false).await.map_err(up)?;
+            }
+        }
+        session.finish_request_body().await.map_err(up)?;
+        loop {
+            session.read_response_header().await.map_err(up)?;
+            // Informational answers (`103 Early Hints`) are not passed on.
+            match session.response_header().map(|r| r.status.as_u16()) {
+                Some(100..=199) => continue,
+                _ => break,
+            }
+        }
+        Ok(Upstream { session, peer })
     }
 
-    async fn request_body_filter(
+    /// Streams the upstream response to the caller; true when written completely.
+    async fn stream_response(
         &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        s: &mut ServerSession,
         ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let Some(rewritten) = &ctx.body {
-            // The original arrives from the retry buffer; send the rewritten one instead.
-            *body = end_of_stream.then(|| rewritten.clone());
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let Some((from, to)) = &self.links else {
-            return Ok(());
+        mut up: Upstream,
+    ) -> bool {
+        let Some(header) = up.session.response_header() else {
+            return false;
         };
-        if is_ruby_sdk(session.req_header()) {
+        let mut resp = Box::new(header.clone());
+        ctx.upstream_status = Some(resp.status.as_u16());
+        strip_hop_by_hop(&mut resp);
+        let mut links = self.link_rewriter(s.req_header(), &mut resp);
+        if s.write_response_header(resp).await.is_err() {
+            return false; // the caller is gone
+        }
+        let mut out = Vec::new();
+        loop {
+            let chunk = match up.session.read_response_body().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    // Too late for an error answer: the caller sees the connection close.
+                    tracing::warn!(error = %e, "upstream failed during the response body");
+                    ctx.error_code = Some("upstream_unavailable");
+                    return false;
+                }
+            };
+            let chunk = match links.as_mut() {
+                Some(l) => {
+                    out.clear();
+                    l.feed(&chunk, &mut out);
+                    Bytes::copy_from_slice(&out)
+                }
+                None => chunk,
+            };
+            if s.write_response_body(chunk, false).await.is_err() {
+                return false;
+            }
+        }
+        self.release(up).await;
+        let tail = match links.as_mut() {
+            Some(l) => {
+                out.clear();
+                l.finish(&mut out);
+                Bytes::from(out)
+            }
+            None => Bytes::new(),
+        };
+        s.write_response_body(tail, true).await.is_ok()
+    }
+
+    /// A rewriter for this response's HAL links, when they need one (and the framing changed
+    /// to chunked, since the length changes).
+    fn link_rewriter(
+        &self,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+    ) -> Option<LinkRewriter> {
+        let (from, to) = self.links.as_ref()?;
+        if is_ruby_sdk(req) {
             // mollie-api-ruby keeps only the path of `https://api.mollie.com/…` hrefs (so it
             // stays on the gateway by itself) and misreads any other href as a resource name.
-            return Ok(());
+            return None;
         }
         let is_json = resp.headers.get(CONTENT_TYPE).is_some_and(|v| {
             let v = v.as_bytes();
@@ -373,149 +401,87 @@ impl ProxyHttp for Gateway {
             .headers
             .get(CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if is_json && !encoded {
-            ctx.links = Some(LinkRewriter::new(from, to));
-            resp.remove_header(&CONTENT_LENGTH);
-            resp.insert_header(TRANSFER_ENCODING, "chunked")?;
+        if !is_json || encoded {
+            return None;
         }
-        Ok(())
+        resp.remove_header(&CONTENT_LENGTH);
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+            .ok()?;
+        Some(LinkRewriter::new(from, to))
     }
 
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<Duration>> {
-        if let Some(links) = ctx.links.as_mut() {
-            let mut out = Vec::with_capacity(body.as_ref().map_or(0, |b| b.len()) + 64);
-            if let Some(chunk) = body.as_ref() {
-                links.feed(chunk, &mut out);
-            }
-            if end_of_stream {
-                links.finish(&mut out);
-            }
-            *body = Some(Bytes::from(out));
+    /// Returns a finished upstream connection to the pool (or closes it).
+    async fn release(&self, mut up: Upstream) {
+        if up.session.response_done() {
+            self.connector
+                .release_http_session(up.session, &up.peer, Some(UPSTREAM_IDLE_TIMEOUT))
+                .await;
         }
-        Ok(None)
     }
 
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        ctx.upstream_status = Some(resp.status.as_u16());
-        strip_hop_by_hop(resp);
-        if resp.status != StatusCode::UNAUTHORIZED {
-            return Ok(());
+    /// Drops a 401 answer before the replay, keeping its connection when the body is small.
+    async fn discard(&self, mut up: Upstream) {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = up.session.read_response_body().await {
+            read += chunk.len();
+            if read > MAX_DISCARD {
+                return;
+            }
         }
-        self.metrics.upstream_401.inc();
-        if ctx.replay_outcome.is_some() {
-            ctx.replay_outcome = Some("rejected_again");
-            return Ok(());
-        }
-        let (Some(merchant), Some(used)) = (ctx.merchant.clone(), ctx.token.as_ref()) else {
-            return Ok(());
+        self.release(up).await;
+    }
+
+    /// Answers a failed exchange; true when an answer was written completely.
+    async fn fail(&self, s: &mut ServerSession, ctx: &mut RequestCtx, f: Failure) -> bool {
+        let error = match f {
+            Failure::Gateway(e) => e,
+            Failure::Upstream { error, .. } => {
+                tracing::warn!(error = %error, "upstream request failed");
+                let what = error.etype().as_str().to_string();
+                match error.etype() {
+                    ErrorType::ConnectTimedout
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout => GatewayError::UpstreamTimeout(what),
+                    _ => GatewayError::UpstreamUnavailable(what),
+                }
+            }
+            Failure::Downstream(error) => match error.etype() {
+                ErrorType::InvalidHTTPHeader => {
+                    GatewayError::BadRequest(error.etype().as_str().to_string())
+                }
+                _ => {
+                    tracing::debug!(error = %error, "the caller went away");
+                    return false;
+                }
+            },
         };
-        self.tokens.invalidate(&merchant, used.id);
-        if session.retry_buffer_truncated() {
-            // Cannot replay: the caller gets this 401; the next request gets a fresh token.
-            ctx.replay_outcome = Some("body_too_large");
-            return Ok(());
-        }
-        match self.tokens.get(&merchant).await {
-            Ok(fresh) => {
-                ctx.token = Some(fresh);
-                ctx.replay_outcome = Some("replayed");
-                ctx.replay_pending = true;
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(401),
-                    "upstream answered 401; replaying with a refreshed token",
-                );
-                e.set_retry(true);
-                Err(e)
-            }
-            Err(e) => {
-                ctx.replay_outcome = Some("refresh_failed");
-                ctx.error = Some(e.to_gateway(&merchant));
-                Err(Error::explain(
-                    ErrorType::HTTPStatus(401),
-                    "upstream answered 401 and the refresh failed",
-                ))
-            }
-        }
+        self.respond(s, ctx, error).await
     }
 
-    fn error_while_proxy(
+    /// Answers the caller with a gateway error and closes the connection afterwards (the
+    /// request body may be unread). True when the answer was written.
+    async fn respond(
         &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
+        s: &mut ServerSession,
         ctx: &mut RequestCtx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
-        if std::mem::take(&mut ctx.replay_pending) {
-            // Our own replay request: allowed for any method, body kept by pingora.
-            e.set_retry(true);
-        } else if !session.req_header().method.is_idempotent() || session.retry_buffer_truncated() {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        e
-    }
-
-    fn suppress_proxy_warn_log(
-        &self,
-        _session: &Session,
-        ctx: &RequestCtx,
-        _e: &Error,
-        _context: ProxyWarnLogContext,
+        error: GatewayError,
     ) -> bool {
-        // Our own replay after a 401 is expected, counted and in the access log line.
-        ctx.replay_outcome == Some("replayed")
-    }
-
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
-        // A failed refresh after a 401 is logged by the token manager and the access log.
-        // (pingora calls this after `fail_to_proxy`, so `ctx.error` is already taken.)
-        ctx.replay_outcome == Some("refresh_failed")
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
-        let error = match ctx.error.take() {
-            Some(error) => Some(error),
-            None => classify(e),
+        let (header, body) = error.response();
+        ctx.error_code = Some(error.code());
+        s.set_keepalive(None);
+        let written = match s.write_response_header(Box::new(header)).await {
+            Ok(()) => s.write_response_body(body, true).await,
+            Err(e) => Err(e),
         };
-        let Some(error) = error else {
-            // The caller's connection is gone: nothing to answer.
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        };
-        let status = error.status();
-        self.respond(session, ctx, error).await;
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
+        if let Err(e) = &written {
+            tracing::debug!(error = %e, "cannot send error response; caller gone");
         }
+        written.is_ok()
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
+    /// Metrics and the access-log line.
+    fn log(&self, s: &ServerSession, ctx: &RequestCtx) {
+        let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let m = &self.metrics;
         m.observe_request(status);
         let total = ctx.started.elapsed();
@@ -530,7 +496,7 @@ impl ProxyHttp for Gateway {
         if let Some(code) = ctx.error_code {
             m.gateway_errors.with_label_values(&[code]).inc();
         }
-        let req = session.req_header();
+        let req = s.req_header();
         tracing::info!(
             target: "access",
             method = %req.method,
@@ -544,83 +510,85 @@ impl ProxyHttp for Gateway {
             error = ctx.error_code.unwrap_or("-"),
         );
     }
-}
 
-/// The rewrite every upstream request gets, on every attempt: the merchant header dropped,
-/// the merchant's `Authorization` and the upstream's `Host` put on, and an absolute-form target
-/// cut to origin form (the upstream is ours to choose). A plain function so that
-/// `benches/hot_path.rs` measures exactly what `upstream_request_filter` does.
-pub fn rewrite_upstream_headers(
-    req: &mut RequestHeader,
-    merchant_header: &HeaderName,
-    bearer: &HeaderValue,
-    host: &HeaderValue,
-) -> Result<()> {
-    req.remove_header(merchant_header);
-    req.insert_header(AUTHORIZATION, bearer.clone())?;
-    req.insert_header(HOST, host.clone())?;
-    if req.uri.authority().is_some() {
-        // Absolute-form target: keep only path and query.
-        let origin_form = req
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let uri: Uri = origin_form
-            .parse()
-            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
-        req.set_uri(uri);
-    }
-    Ok(())
-}
-
-/// The Ruby SDK's `User-Agent` always carries ` Ruby/<version>`.
-fn is_ruby_sdk(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::USER_AGENT)
-        .is_some_and(|ua| ua.as_bytes().windows(6).any(|w| w == b" Ruby/"))
-}
-
-/// Hop-by-hop response headers (RFC 9110 §7.6.1) are the upstream connection's business, not
-/// the caller's: drop those named in `Connection` and the standard ones. pingora frames the
-/// caller's response itself (`Connection`, `Transfer-Encoding` stay under its control).
-fn strip_hop_by_hop(resp: &mut ResponseHeader) {
-    const STANDARD: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
-    let named: Vec<HeaderName> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| *n != CONTENT_LENGTH && *n != TRANSFER_ENCODING)
-        .collect();
-    for name in named {
-        resp.remove_header(&name);
-    }
-    let switching = resp.status == StatusCode::SWITCHING_PROTOCOLS;
-    for name in STANDARD {
-        if !(switching && name == "upgrade") && resp.headers.contains_key(name) {
-            resp.remove_header(name);
+    /// A request head pingora could not parse: a Mollie-shaped 400, counted, then close.
+    async fn bad_request_head(&self, mut s: ServerSession, e: Box<Error>) {
+        if !matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+            tracing::debug!(error = %e, "cannot read a request; caller gone");
+            return;
+        }
+        let error = GatewayError::BadRequest("the request head is malformed".to_string());
+        let (header, body) = error.response();
+        self.metrics.observe_request(400);
+        self.metrics
+            .gateway_errors
+            .with_label_values(&[error.code()])
+            .inc();
+        tracing::info!(target: "access", method = "-", path = "-", status = 400u16, error = error.code());
+        s.set_keepalive(None);
+        if s.write_response_header(Box::new(header)).await.is_ok() {
+            let _ = s.write_response_body(body, true).await;
         }
     }
+
+    /// Resolves once pingora has begun shutting the service down.
+    async fn await_shutdown(&self) {
+        let notified = self.shutdown.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
 }
 
-/// Maps a pingora error to the gateway's answer; `None` when the caller is gone.
-fn classify(e: &Error) -> Option<GatewayError> {
-    use ErrorType::*;
-    let what = e.etype().as_str().to_string();
-    match e.esource() {
-        ErrorSource::Upstream => Some(match e.etype() {
-            ConnectTimedout | ReadTimedout | WriteTimedout => GatewayError::UpstreamTimeout(what),
-            _ => GatewayError::UpstreamUnavailable(what),
-        }),
-        ErrorSource::Downstream => match e.etype() {
-            WriteError | ReadError | ConnectionClosed => None,
-            _ => Some(GatewayError::BadRequest(what)),
-        },
-        ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal(what)),
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            // An idle keep-alive connection is closed when the service shuts down.
+            _ = self.await_shutdown() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                self.bad_request_head(session, e).await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx {
+            started: Instant::now(),
+            merchant: None,
+            upstream_started: None,
+            upstream_status: None,
+            replay_outcome: None,
+            error_code: None,
+        };
+        let complete = self.serve(&mut session, &mut ctx).await;
+        self.log(&session, &ctx);
+        if !complete {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
+    }
+
+    async fn http_cleanup(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
     }
 }
