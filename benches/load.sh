@@ -11,6 +11,8 @@
 # gateway add testmode=true) STORM_N=1,100,1000 TOKEN_DELAY_MS=50 SCALE_MERCHANTS=100000
 # SCALE_ROUNDS=3 KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
 # the gateway process, e.g. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 to try an allocator).
+# BASELINE=/path/to/another/mollie-gateway (ab only): that build runs too, as target `baseline`,
+# interleaved with the others, so a change is measured against its predecessor in one run.
 # wrk runs on CPU 0; the upstream and the proxy under test share CPU 1 (WRK_CPU, SERVER_CPU).
 # Needs nginx and wrk (installed from Debian with apt-get when missing), curl and cargo.
 set -euo pipefail
@@ -113,9 +115,10 @@ level = "$level"
 EOF
 }
 
-# Starts the gateway of directory $1 (pinned, 1 worker thread); sets GW_PID.
+# Starts the gateway of directory $1 (pinned, 1 worker thread; binary $2, default $BIN);
+# sets GW_PID.
 start_gateway() {
-  env MOLLIE_GATEWAY__SERVER__THREADS=1 ${GATEWAY_ENV:-} taskset -c "$SERVER_CPU" "$BIN" \
+  env MOLLIE_GATEWAY__SERVER__THREADS=1 ${GATEWAY_ENV:-} taskset -c "$SERVER_CPU" "${2:-$BIN}" \
     --config "$1/gateway.toml" run 2>>"$1/gateway.log" &
   GW_PID=$!; PIDS+=("$GW_PID")
   wait_http "$GWA" /readyz
@@ -186,14 +189,25 @@ ab() {
   gateway_config "$WORK/gw"
   "$KIT" store --merchants "$MERCHANTS" --out "$WORK/gw/credentials.json"
   start_gateway "$WORK/gw"
+  TARGETS="direct nginx gateway"
+  if [ -n "${BASELINE:-}" ]; then
+    mkdir -p "$WORK/base"
+    local gw=$GW gwa=$GWA gw_pid=$GW_PID
+    gateway_config "$WORK/base"
+    cp "$WORK/gw/credentials.json" "$WORK/base/credentials.json"
+    start_gateway "$WORK/base" "$BASELINE"
+    BASE=$GW BASE_PID=$GW_PID GW=$gw GWA=$gwa GW_PID=$gw_pid
+    TARGETS="direct nginx baseline gateway"
+  fi
   start_nginx
   local dur=$DURATION; DURATION=$WARMUP
-  for t in direct nginx gateway; do warm_row=$(one "$t" 64); done
+  for t in $TARGETS; do warm_row=$(one "$t" 64); done
   DURATION=$dur
   echo "warm-up done (token endpoint calls: $(upstream_stat token_calls))" >&2
   local rows=$WORK/rows.tsv order
   for r in $(seq 1 "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then order="direct nginx gateway"; else order="gateway nginx direct"; fi
+    order=$TARGETS
+    [ $((r % 2)) = 1 ] || order=$(echo "$TARGETS" | tr ' ' '\n' | tac | tr '\n' ' ')
     for c in $CONNS; do
       for t in $order; do one "$t" "$c" | tee -a "$rows" >&2; done
     done
@@ -208,6 +222,7 @@ one() {
     direct) run_wrk direct "$2" "$UP" direct "$UP_PID" ;;
     nginx) run_wrk nginx "$2" "$NG" proxy $NG_PIDS ;;
     gateway) run_wrk gateway "$2" "$GW" proxy "$GW_PID" ;;
+    baseline) run_wrk baseline "$2" "$BASE" proxy "$BASE_PID" ;;
   esac
 }
 
@@ -220,7 +235,7 @@ summarize() {
   echo "| target | conns | req/s | p50 µs | p99 µs | p99.9 µs | non-2xx | errors | proxy CPU µs/req | upstream CPU µs/req |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
   for c in $CONNS; do
-    for t in direct nginx gateway; do
+    for t in $TARGETS; do
       printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$c" \
         "$(med $t $c 3)" "$(med $t $c 4)" "$(med $t $c 5)" "$(med $t $c 6)" "$(med $t $c 7)" \
         "$(med $t $c 8)" "$( [ $t = direct ] && echo "—" || med $t $c 9)" "$(med $t $c 10)"
@@ -233,6 +248,12 @@ summarize() {
         -v gp="$(med gateway $c 4)" -v np="$(med nginx $c 4)" -v dp="$(med direct $c 4)" \
       'BEGIN {printf "%s conns: gateway/nginx req/s %.2f×, CPU µs/req %.2f×; gateway/direct req/s %.2f×; p50 added over direct: gateway %d µs, nginx %d µs\n",
               c, gr / nr, gc / nc, gr / dr, gp - dp, np - dp}'
+    if [ -n "${BASELINE:-}" ]; then
+      awk -v c="$c" -v gc="$(med gateway $c 9)" -v bc="$(med baseline $c 9)" -v nc="$(med nginx $c 9)" \
+          -v gr="$(med gateway $c 3)" -v br="$(med baseline $c 3)" \
+        'BEGIN {printf "%s conns: gateway/baseline CPU µs/req %.2f×, req/s %.2f×; baseline/nginx CPU µs/req %.2f×\n",
+                c, gc / bc, gr / br, bc / nc}'
+    fi
   done
 }
 

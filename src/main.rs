@@ -17,6 +17,11 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: pingora and tokio allocate per request, and glibc's
+/// malloc was 13 % of the gateway's CPU and fragmented under token churn (benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mollie-gateway",
