@@ -338,11 +338,11 @@ profile() {
       BEGIN { RS = "" }
       {
         n++; split($0, f, "\n"); leaf = f[2]
-        if ($0 ~ /ProxyHttp>::logging/) k = "access log line + metrics (`logging` hook)"
-        else if ($0 ~ /mollie_gateway::/) k = "other gateway hooks (merchant check, token lookup, rewrite, peer)"
+        if ($0 ~ /Gateway::log/) k = "access log line + metrics (`Gateway::log`, its write included)"
         else if (leaf ~ /kernel/) k = "kernel (syscalls, loopback TCP, scheduling)"
-        else if (leaf ~ /malloc|free|_int_|realloc|unlink_chunk|consolidate|rdl_alloc/) k = "malloc/free inside pingora/tokio"
-        else k = "pingora + tokio + http, user space"
+        else if (leaf ~ /malloc|free|_int_|realloc|unlink_chunk|consolidate|rdl_alloc|mi_|_mi_/) k = "allocator (mimalloc)"
+        else if (leaf ~ /mollie_gateway::|MerchantId|TokenManager/) k = "the gateway'"'"'s own code (merchant check, token lookup, rewrites)"
+        else k = "pingora-core + tokio + http, user space"
         c[k]++
       }
       END { for (k in c) printf "| %s | %.1f%% |\n", k, 100 * c[k] / n }' | sort -t'|' -k3 -rn
