@@ -344,7 +344,6 @@ impl Gateway {
         if s.write_response_header(resp).await.is_err() {
             return false; // the caller is gone
         }
-        let mut out = Vec::new();
         loop {
             let chunk = match up.session.read_response_body().await {
                 Ok(Some(chunk)) => chunk,
@@ -358,9 +357,9 @@ impl Gateway {
             };
             let chunk = match links.as_mut() {
                 Some(l) => {
-                    out.clear();
+                    let mut out = Vec::with_capacity(chunk.len() + 64);
                     l.feed(&chunk, &mut out);
-                    Bytes::copy_from_slice(&out)
+                    Bytes::from(out)
                 }
                 None => chunk,
             };
@@ -371,7 +370,7 @@ impl Gateway {
         self.release(up).await;
         let tail = match links.as_mut() {
             Some(l) => {
-                out.clear();
+                let mut out = Vec::new();
                 l.finish(&mut out);
                 Bytes::from(out)
             }

@@ -7,8 +7,8 @@
 //! Responses: hop-by-hop headers are dropped; the caller's framing is pingora's business.
 
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderName, HeaderValue, StatusCode, Uri, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -58,20 +58,13 @@ pub fn rewrite_upstream_headers(
             req.remove_header(name);
         }
     }
-    for name in [
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-        &UPGRADE,
-        &EXPECT,
-        &TE,
-        &TRAILER,
-    ] {
+    for name in [&PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION, &UPGRADE, &EXPECT] {
         if req.headers.contains_key(name) {
             req.remove_header(name);
         }
     }
     req.remove_header(merchant_header);
-    req.insert_header(AUTHORIZATION_NAME, bearer.clone())?;
+    req.insert_header(AUTHORIZATION, bearer.clone())?;
     req.insert_header(HOST, host.clone())?;
     req.set_version(Version::HTTP_11);
     if req.uri.authority().is_some() || req.uri.scheme().is_some() {
@@ -97,8 +90,6 @@ pub fn rewrite_upstream_headers(
     }
     Ok(())
 }
-
-const AUTHORIZATION_NAME: HeaderName = http::header::AUTHORIZATION;
 
 /// Drops the hop-by-hop headers of an upstream response (and those its `Connection` names).
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
