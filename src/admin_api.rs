@@ -363,7 +363,7 @@ fn failure(f: Failure) -> Response<Vec<u8>> {
     let mut allow = None;
     let (status, code, detail) = match f {
         Failure::Gateway(e) => {
-            let (header, body) = e.response();
+            let (header, body) = e.response(None);
             return into_response(header, body.to_vec());
         }
         Failure::BadRequest(d) => (400, "admin_bad_request", d),

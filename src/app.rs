@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::oauth::HttpTokenEndpoint;
 use crate::onboarding::Onboarding;
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, ProxyListener, Upstreams};
 use crate::store::file::FileStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
@@ -139,7 +139,7 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let connector = Connector::new(Some(
+    let upstreams = Upstreams::new(Some(
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
     let gateway = Gateway::new(
@@ -147,10 +147,15 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
         parts.upstream.clone(),
         s,
         parts.metrics.clone(),
-        connector,
+        upstreams,
     )
     .map_err(StartError)?;
-    let mut proxy = Service::new("mollie-gateway proxy".to_string(), gateway);
+    let listener = ProxyListener::new(
+        Arc::new(gateway),
+        s.server.max_connections,
+        s.server.header_timeout(),
+    );
+    let mut proxy = Service::new("mollie-gateway proxy".to_string(), listener);
     if s.server.tls_cert.is_empty() {
         proxy.add_tcp(&listen);
     } else {

@@ -19,6 +19,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_THREADS: usize = 2;
 pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 5;
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/mollie-gateway-upgrade.sock";
 pub const DEFAULT_PID_FILE: &str = "/tmp/mollie-gateway.pid";
 pub const DEFAULT_BASE_URL: &str = "https://api.mollie.com";
@@ -84,6 +87,13 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// pingora's pid file (written when daemonized).
     pub pid_file: String,
+    /// The whole request head must arrive within this, counted from its first byte (else 408).
+    /// The idle wait between keep-alive requests is not part of it.
+    pub header_timeout_ms: u64,
+    /// Open caller connections at most; a connection beyond gets 503 and is closed.
+    pub max_connections: usize,
+    /// Largest request body forwarded; larger ones get 413 (Mollie's requests are far smaller).
+    pub max_body_bytes: u64,
 }
 
 impl Default for ServerSettings {
@@ -98,7 +108,16 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout_secs: DEFAULT_GRACE_PERIOD_SECS,
             upgrade_sock: DEFAULT_UPGRADE_SOCK.into(),
             pid_file: DEFAULT_PID_FILE.into(),
+            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
+    }
+}
+
+impl ServerSettings {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
     }
 }
 
@@ -429,6 +448,15 @@ impl Settings {
                 self.server.threads
             ));
         }
+        if self.server.max_connections == 0 || self.server.max_connections > 10_000_000 {
+            p.push(format!(
+                "server.max_connections must be 1 to 10000000, not {}",
+                self.server.max_connections
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            p.push("server.max_body_bytes must be at least 1".into());
+        }
         if !self.upstream.ca_file.is_empty() {
             check_readable(&mut p, "upstream.ca_file", &self.upstream.ca_file);
         }
@@ -459,6 +487,7 @@ impl Settings {
             ),
             ("upstream.read_timeout_ms", self.upstream.read_timeout_ms),
             ("oauth.token_timeout_ms", self.oauth.token_timeout_ms),
+            ("server.header_timeout_ms", self.server.header_timeout_ms),
             ("oauth.backoff_min_ms", self.oauth.backoff_min_ms),
         ] {
             if ms == 0 || ms > 600_000 {

@@ -45,6 +45,16 @@ pub enum GatewayError {
     UpstreamTimeout(String),
     #[error("the request could not be read ({0})")]
     BadRequest(String),
+    /// CONNECT, TRACE or an authority-form target: the gateway forwards only origin-form
+    /// requests to the Mollie API.
+    #[error("{0} is not forwarded; send an origin-form request (`GET /v2/...`)")]
+    MethodNotAllowed(String),
+    #[error("the request head did not arrive within {0} ms")]
+    RequestTimeout(u64),
+    #[error("the request body is larger than the gateway's limit of {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("the gateway has {0} open connections, its limit; retry on a new connection")]
+    Overloaded(usize),
     #[error("internal error ({0})")]
     Internal(String),
 }
@@ -53,11 +63,15 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::MerchantHeader { .. } | GatewayError::BadRequest(_) => 400,
+            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::RequestTimeout(_) => 408,
+            GatewayError::BodyTooLarge(_) => 413,
             GatewayError::Internal(_) => 500,
             GatewayError::UnknownMerchant(_) | GatewayError::AuthorizationRevoked(_) => 401,
             GatewayError::TokenEndpointUnavailable { .. }
             | GatewayError::OAuthMisconfigured { .. }
-            | GatewayError::StoreUnavailable(_) => 503,
+            | GatewayError::StoreUnavailable(_)
+            | GatewayError::Overloaded(_) => 503,
             GatewayError::TokenEndpointBadResponse(_) | GatewayError::UpstreamUnavailable(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
         }
@@ -75,7 +89,10 @@ impl GatewayError {
             GatewayError::StoreUnavailable(_) => "store_unavailable",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
-            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::BadRequest(_) | GatewayError::MethodNotAllowed(_) => "bad_request",
+            GatewayError::RequestTimeout(_) => "request_timeout",
+            GatewayError::BodyTooLarge(_) => "body_too_large",
+            GatewayError::Overloaded(_) => "overloaded",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -89,30 +106,39 @@ impl GatewayError {
             | GatewayError::OAuthMisconfigured {
                 retry_after_secs, ..
             } => Some((*retry_after_secs).max(1)),
-            GatewayError::StoreUnavailable(_) => Some(1),
+            GatewayError::StoreUnavailable(_) | GatewayError::Overloaded(_) => Some(1),
             _ => None,
         }
     }
 
-    /// The body: Mollie's error shape with the gateway's own detail.
-    pub fn body(&self) -> Bytes {
+    /// The body: Mollie's error shape with the gateway's own detail, which names the request
+    /// id (when there is one) so that an operator finds the request in the access log.
+    pub fn body(&self, request_id: Option<&str>) -> Bytes {
         let status = self.status();
+        let detail = match request_id {
+            Some(id) => format!("mollie-gateway: {self} (request id {id})"),
+            None => format!("mollie-gateway: {self}"),
+        };
         let value = json!({
             "status": status,
             "title": title(status),
-            "detail": format!("mollie-gateway: {self}"),
+            "detail": detail,
             "_links": {"documentation": {"href": ERROR_DOCS_URL, "type": "text/html"}},
         });
         Bytes::from(value.to_string())
     }
 
-    /// The full response: status, Mollie's content type, `X-Gateway-Error`, `Retry-After`.
-    pub fn response(&self) -> (ResponseHeader, Bytes) {
-        let body = self.body();
+    /// The full response: status, Mollie's content type, `X-Gateway-Error`, `Retry-After`,
+    /// and `X-Request-Id` when the request has one.
+    pub fn response(&self, request_id: Option<&str>) -> (ResponseHeader, Bytes) {
+        let body = self.body(request_id);
         let mut header = error_header(self.status(), self.code(), body.len());
+        // Inserting into a header we just built cannot fail for these values.
         if let Some(secs) = self.retry_after_secs() {
-            // Inserting a header into a header we just built cannot fail for these values.
             let _ = header.insert_header("Retry-After", secs.to_string());
+        }
+        if let Some(id) = request_id {
+            let _ = header.insert_header("X-Request-Id", id);
         }
         (header, body)
     }
@@ -126,6 +152,8 @@ pub fn title(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Request Entity Too Large",
         422 => "Unprocessable Entity",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -154,10 +182,12 @@ mod tests {
     #[test]
     fn body_has_mollies_shape() {
         let e = GatewayError::AuthorizationRevoked("m1".into());
-        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Some("req-7"))).unwrap();
         assert_eq!(v["status"], 401);
         assert_eq!(v["title"], "Unauthorized Request");
-        assert!(v["detail"].as_str().unwrap().contains("m1"));
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.contains("m1"), "{detail}");
+        assert!(detail.ends_with("(request id req-7)"), "{detail}");
         assert_eq!(v["_links"]["documentation"]["type"], "text/html");
     }
 
@@ -173,9 +203,10 @@ mod tests {
                 retry_after_secs: 30,
             },
             GatewayError::StoreUnavailable("disk".into()),
+            GatewayError::Overloaded(10),
         ] {
             assert_eq!(e.status(), 503);
-            let (h, _) = e.response();
+            let (h, _) = e.response(None);
             assert!(h.headers.get("retry-after").is_some(), "{}", e.code());
             assert_eq!(h.headers.get("x-gateway-error").unwrap(), e.code());
         }

@@ -33,6 +33,8 @@ pub const REFRESH_OUTCOMES: [&str; 5] = [
 /// The `op` and `outcome` values of `store_operations_total`.
 pub const STORE_OPS: [&str; 3] = ["load", "save", "remove"];
 pub const STORE_OUTCOMES: [&str; 2] = ["ok", "error"];
+/// The `reason` values of `connections_refused_total`.
+pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "header_timeout"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -49,6 +51,19 @@ pub struct Metrics {
     pub merchants: IntGauge,
     pub gateway_errors: IntCounterVec,
     pub store_operations: IntCounterVec,
+    /// Open caller connections on the proxy listener.
+    pub connections_open: IntGauge,
+    /// `reason` handles of `connections_refused_total`, in [`REFUSAL_REASONS`] order.
+    refused: [IntCounter; 2],
+}
+
+/// Why the proxy listener refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `server.max_connections` connections were already open.
+    MaxConnections = 0,
+    /// The request head did not arrive within `server.header_timeout_ms`.
+    HeaderTimeout = 1,
 }
 
 const PREFIX: &str = "mollie_gateway_";
@@ -66,6 +81,13 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(format!("{PREFIX}{name}"), help).expect("metric definition is valid");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
@@ -143,16 +165,7 @@ impl Metrics {
                 "token_cache_misses_total",
                 "Requests that found no usable cached token and waited for a refresh.",
             ),
-            merchants: {
-                let g = IntGauge::new(
-                    format!("{PREFIX}merchants"),
-                    "Merchants with stored credentials.",
-                )
-                .expect("metric definition is valid");
-                r.register(Box::new(g.clone()))
-                    .expect("metric registered once");
-                g
-            },
+            merchants: gauge(r, "merchants", "Merchants with stored credentials."),
             gateway_errors: counter_vec(
                 r,
                 "gateway_errors_total",
@@ -165,6 +178,22 @@ impl Metrics {
                 "Credential store operations by op (load, save, remove) and outcome (ok, error).",
                 &["op", "outcome"],
             ),
+            connections_open: gauge(
+                r,
+                "connections_open",
+                "Open caller connections on the proxy listener.",
+            ),
+            refused: {
+                let refused = counter_vec(
+                    r,
+                    "connections_refused_total",
+                    "Caller connections the proxy listener refused, by reason (max_connections: \
+                     503 at server.max_connections; header_timeout: 408 for a request head \
+                     slower than server.header_timeout_ms).",
+                    &["reason"],
+                );
+                REFUSAL_REASONS.map(|reason| refused.with_label_values(&[reason]))
+            },
             registry,
         };
         // Closed label sets start at 0: scraped (with their HELP) before the first event, so
@@ -189,6 +218,11 @@ impl Metrics {
     pub fn observe_request(&self, status: u16) {
         let class = usize::from(status / 100).min(5);
         self.requests_by_class[class].inc();
+    }
+
+    /// Counts one refused connection.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -234,6 +268,8 @@ mod tests {
             "mollie_gateway_token_refreshes_total{grant=\"refresh_token\",outcome=\"ok\"} 0",
             "mollie_gateway_token_refreshes_total{grant=\"authorization_code\",outcome=\"misconfigured\"} 0",
             "mollie_gateway_store_operations_total{op=\"remove\",outcome=\"error\"} 0",
+            "mollie_gateway_connections_refused_total{reason=\"header_timeout\"} 0",
+            "mollie_gateway_connections_open 0",
         ] {
             assert!(text.contains(sample), "{sample} missing in\n{text}");
         }

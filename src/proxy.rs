@@ -1,28 +1,38 @@
 //! The proxy: one merchant's request in, the same request with that merchant's access token
 //! out, the response streamed back.
 //!
-//! It is a pingora-core [`HttpServerApp`] over pingora's pooled upstream [`Connector`], not a
-//! pingora-proxy `ProxyHttp`: the gateway does one fixed thing per request, and
-//! pingora-proxy's general machinery (a boxed future per hook, the request header cloned and
-//! re-validated, downstream and upstream halves joined over channels) cost twice the CPU of
-//! this whole path (`benches/README.md`). The steps, in order:
-//! 1. exactly one valid merchant header, and its token (a cache hit, or one shared refresh);
-//!    errors are answered here and nothing is sent upstream;
-//! 2. the defaults of [`defaults`] (which may read a small JSON body to rewrite it);
-//! 3. the upstream request, rewritten by [`headers`], to the configured upstream only (from
-//!    resolved addresses, never the caller's `Host` or absolute-form target);
-//! 4. an upstream 401 invalidates the used token, refreshes, and replays the request once with
-//!    the body kept in pingora's retry buffer (64 KiB); a pooled connection that turns out to
-//!    be closed is retried once on a new one for idempotent requests, as pingora-proxy does;
-//! 5. the response streamed back, hop-by-hop headers dropped, HAL links rewritten when
-//!    `upstream.public_base_url` is set;
+//! It is a pingora-core [`HttpServerApp`] behind [`ProxyListener`] (connection cap, head
+//! deadline, the HTTP/1 keep-alive loop), not a pingora-proxy `ProxyHttp`: the gateway does one
+//! fixed thing per request, and pingora-proxy's general machinery cost twice the CPU of this
+//! whole path (`benches/README.md`). Owning the exchange means owning its correctness, so the
+//! steps of [`Gateway::serve`] are, in order:
+//! 1. the head: only origin-form targets go upstream (absolute-form is normalised;
+//!    authority-form, `CONNECT`, `TRACE` and `*` are refused), a `Content-Length` above
+//!    `server.max_body_bytes` gets 413; every request gets an id ([`headers::request_id`]);
+//! 2. exactly one valid merchant header, and its token (a cache hit, or one shared refresh);
+//! 3. the body's preliminaries: `100 Continue`, and the defaults of [`defaults`] (which may
+//!    read a small JSON body to rewrite it);
+//! 4. the exchange ([`exchange`]): the upstream head built once, the attempts and the policy
+//!    between them (401 replay, one retry on a fresh connection), over [`pool`];
+//! 5. the response streamed back ([`response`]), hop-by-hop headers dropped, HAL links
+//!    rewritten when `upstream.public_base_url` is set;
 //! 6. metrics and the one access-log line.
+//!
+//! Every error the gateway answers itself keeps the caller's connection when the request body
+//! was read, absent, or small enough to drain (64 KiB); otherwise, and after an error that
+//! left an `Expect: 100-continue` unanswered, the connection closes.
 
 mod defaults;
+mod exchange;
 pub mod headers;
+mod listener;
+mod pool;
+mod response;
 
 pub use defaults::MAX_REWRITE_BODY;
 pub use headers::rewrite_upstream_headers;
+pub use listener::ProxyListener;
+pub use pool::{Upstreams, UPSTREAM_IDLE_TIMEOUT};
 
 use crate::config::Settings;
 use crate::error::GatewayError;
@@ -32,27 +42,26 @@ use crate::tokens::{CachedToken, TokenManager};
 use crate::types::{MerchantId, MerchantIdError};
 use crate::upstream::Endpoint;
 use async_trait::async_trait;
-use bytes::Bytes;
 use defaults::{Defaults, Plan};
-use headers::{expects_continue, is_ruby_sdk, strip_hop_by_hop};
+use exchange::{Attempt, History, Next};
+use headers::{expects_continue, is_ruby_sdk, strip_hop_by_hop, REQUEST_ID};
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::protocols::http::client::HttpSession as ClientSession;
+use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
+use response::Streamed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Idle pooled upstream connections are closed after this long.
-pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// At most this much of a 401 answer's body is read to keep its connection for reuse.
+/// At most this much of a 401 answer's body is read to keep its connection for reuse, and at
+/// most this much of an unread request body is drained to keep the caller's connection after
+/// the gateway's own error.
 const MAX_DISCARD: usize = 64 * 1024;
 
 pub struct Gateway {
@@ -63,21 +72,32 @@ pub struct Gateway {
     merchant_header: HeaderName,
     connect_timeout: Duration,
     read_timeout: Duration,
+    /// `server.header_timeout_ms`, also the bound for draining a body after an error.
+    header_timeout: Duration,
+    /// `server.max_body_bytes`.
+    max_body_bytes: u64,
     metrics: Arc<Metrics>,
     defaults: Defaults,
     /// (upstream base, public base) when `upstream.public_base_url` is set.
     links: Option<(String, String)>,
-    /// pingora's pooled upstream connections (`upstream.keepalive_pool_size`, `ca_file`).
-    connector: Connector,
+    /// Pooled upstream connections (`upstream.keepalive_pool_size`, `ca_file`).
+    upstreams: Upstreams,
     /// Set when pingora starts shutting the service down: idle keep-alive connections close.
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
 
-/// Per-request state, for the metrics and the access log.
+/// Per-request state, for the exchange, the metrics and the access log.
 struct RequestCtx {
     started: Instant,
+    /// The caller's sane `X-Request-Id`, or a generated one.
+    request_id: HeaderValue,
     merchant: Option<MerchantId>,
+    /// `100 Continue` was sent.
+    continued: bool,
+    /// Reading the caller's body failed (malformed, too large): its connection cannot be
+    /// reused, whatever is answered.
+    body_failed: bool,
     /// The first upstream attempt started: the gateway-added latency ends here.
     upstream_started: Option<Instant>,
     upstream_status: Option<u16>,
@@ -85,7 +105,15 @@ struct RequestCtx {
     error_code: Option<&'static str>,
 }
 
-/// Why an upstream exchange ended before a response header arrived.
+/// What every attempt of one request sends, built once.
+struct Outbound {
+    peer: HttpPeer,
+    /// The upstream head, with the first attempt's token.
+    head: RequestHeader,
+    plan: Plan,
+}
+
+/// Why an upstream exchange ended before a response head arrived.
 enum Failure {
     /// The caller's side failed (gone, or a malformed body).
     Downstream(Box<Error>),
@@ -95,19 +123,13 @@ enum Failure {
     Gateway(GatewayError),
 }
 
-/// An upstream exchange whose response header has been read.
-struct Upstream {
-    session: ClientSession,
-    peer: HttpPeer,
-}
-
 impl Gateway {
     pub fn new(
         tokens: TokenManager,
         upstream: Arc<Endpoint>,
         settings: &Settings,
         metrics: Arc<Metrics>,
-        connector: Connector,
+        upstreams: Upstreams,
     ) -> Result<Gateway, String> {
         let merchant_header = settings.merchants.header.as_str();
         let public = settings.upstream.public_base_url.trim_end_matches('/');
@@ -128,11 +150,89 @@ impl Gateway {
                 .map_err(|_| format!("{merchant_header} is not a header name"))?,
             connect_timeout: settings.upstream.connect_timeout(),
             read_timeout: settings.upstream.read_timeout(),
+            header_timeout: settings.server.header_timeout(),
+            max_body_bytes: settings.server.max_body_bytes,
             metrics,
-            connector,
+            upstreams,
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         })
+    }
+
+    /// Serves one request whose head has been read, then logs it; the connection back when
+    /// it can carry another request.
+    async fn handle(&self, mut s: ServerSession) -> Option<ReusedHttpStream> {
+        let mut ctx = RequestCtx {
+            started: Instant::now(),
+            request_id: headers::request_id(s.req_header()),
+            merchant: None,
+            continued: false,
+            body_failed: false,
+            upstream_started: None,
+            upstream_status: None,
+            replay_outcome: None,
+            error_code: None,
+        };
+        let complete = self.serve(&mut s, &mut ctx).await;
+        self.log(&s, &ctx);
+        if !complete {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&s);
+        match s.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
+    }
+
+    /// The steps of one request (see the module text); true when its response was written
+    /// completely.
+    async fn serve(&self, s: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
+        if let Err(e) = self.check_head(s.req_header()) {
+            return self.respond(s, ctx, e).await;
+        }
+        let merchant = match self.merchant(s.req_header()) {
+            Ok(m) => m,
+            Err(e) => return self.respond(s, ctx, e).await,
+        };
+        ctx.merchant = Some(merchant.clone());
+        let token = match self.tokens.get(&merchant).await {
+            Ok(token) => token,
+            Err(e) => return self.respond(s, ctx, e.to_gateway(&merchant)).await,
+        };
+        if expects_continue(s.req_header()) && !s.is_body_empty() {
+            if s.write_continue_response().await.is_err() {
+                return false;
+            }
+            ctx.continued = true;
+        }
+        s.enable_retry_buffering();
+        let plan = match self.defaults.plan(s, &merchant).await {
+            Ok(plan) => plan,
+            Err(e) => return self.fail(s, ctx, Failure::Downstream(e)).await,
+        };
+        let out = match self.outbound(s, ctx, &token, plan) {
+            Ok(out) => out,
+            Err(f) => return self.fail(s, ctx, f).await,
+        };
+        self.exchange(s, ctx, &merchant, token, &out).await
+    }
+
+    /// What the gateway refuses before looking at the merchant: a target that is not
+    /// origin-form (or absolute-form, normalised later), a body above the limit.
+    fn check_head(&self, req: &RequestHeader) -> Result<(), GatewayError> {
+        headers::check_target(req)?;
+        let length = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match length {
+            Some(n) if n > self.max_body_bytes => {
+                Err(GatewayError::BodyTooLarge(self.max_body_bytes))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The merchant named by the request: exactly one valid header.
@@ -153,78 +253,43 @@ impl Gateway {
         })
     }
 
-    /// Serves one request; true when its response was written completely.
-    async fn serve(&self, s: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
-        let merchant = match self.merchant(s.req_header()) {
-            Ok(m) => m,
-            Err(e) => return self.respond(s, ctx, e).await,
-        };
-        ctx.merchant = Some(merchant.clone());
-        let mut token = match self.tokens.get(&merchant).await {
-            Ok(token) => token,
-            Err(e) => return self.respond(s, ctx, e.to_gateway(&merchant)).await,
-        };
-        if expects_continue(s.req_header())
-            && !s.is_body_empty()
-            && s.write_continue_response().await.is_err()
-        {
-            return false;
-        }
-        s.enable_retry_buffering();
-        let plan = match self.defaults.plan(s, &merchant).await {
-            Ok(plan) => plan,
-            Err(e) => return self.fail(s, ctx, Failure::Downstream(e)).await,
-        };
-        ctx.upstream_started = Some(Instant::now());
-        let (mut replayed, mut retried) = (false, false);
-        loop {
-            let again = replayed || retried;
-            let up = match self.send(s, &plan, &token, again).await {
-                Ok(up) => up,
-                Err(Failure::Upstream { reused: true, .. })
-                    if !retried && self.may_resend(s, &plan) =>
-                {
-                    // A pooled connection the upstream had already closed.
-                    retried = true;
-                    continue;
-                }
-                Err(f) => return self.fail(s, ctx, f).await,
-            };
-            let status = up.session.response_header().map(|r| r.status);
-            if status != Some(StatusCode::UNAUTHORIZED) {
-                return self.stream_response(s, ctx, up).await;
-            }
-            self.metrics.upstream_401.inc();
-            if replayed {
-                ctx.replay_outcome = Some("rejected_again");
-                return self.stream_response(s, ctx, up).await;
-            }
-            self.tokens.invalidate(&merchant, token.id);
-            if plan.body.is_none() && s.retry_buffer_truncated() {
-                // Cannot replay: the caller gets this 401; the next request gets a fresh token.
-                ctx.replay_outcome = Some("body_too_large");
-                return self.stream_response(s, ctx, up).await;
-            }
-            match self.tokens.get(&merchant).await {
-                Ok(fresh) => {
-                    self.discard(up).await;
-                    token = fresh;
-                    replayed = true;
-                    ctx.replay_outcome = Some("replayed");
-                }
-                Err(e) => {
-                    ctx.replay_outcome = Some("refresh_failed");
-                    return self.respond(s, ctx, e.to_gateway(&merchant)).await;
-                }
+    /// The upstream peer and head, built once for every attempt of this request.
+    fn outbound(
+        &self,
+        s: &mut ServerSession,
+        ctx: &RequestCtx,
+        token: &CachedToken,
+        plan: Plan,
+    ) -> Result<Outbound, Failure> {
+        let peer = self.peer()?;
+        let mut head = s.req_header().clone();
+        let has_body = plan.body.is_some() || !s.is_body_empty();
+        let internal = |e: Box<Error>| Failure::Gateway(GatewayError::Internal(e.to_string()));
+        rewrite_upstream_headers(
+            &mut head,
+            &self.merchant_header,
+            &token.bearer,
+            &self.upstream_host,
+            has_body,
+        )
+        .map_err(|e| Failure::Gateway(GatewayError::BadRequest(e.to_string())))?;
+        if plan.query_testmode {
+            if let Some(uri) = with_query_testmode(&head.uri) {
+                head.set_uri(uri);
             }
         }
-    }
-
-    /// Whether a request may go upstream again after a failed attempt: idempotent, and its
-    /// whole body still at hand.
-    fn may_resend(&self, s: &ServerSession, plan: &Plan) -> bool {
-        s.req_header().method.is_idempotent()
-            && (plan.body.is_some() || !s.retry_buffer_truncated())
+        if let Some(body) = &plan.body {
+            head.insert_header(CONTENT_LENGTH, body.len())
+                .map_err(internal)?;
+        }
+        if self.links.is_some() {
+            // Links are rewritten in plain JSON: ask for it rather than inflate and deflate.
+            head.insert_header(ACCEPT_ENCODING, "identity")
+                .map_err(internal)?;
+        }
+        head.insert_header(REQUEST_ID, ctx.request_id.clone())
+            .map_err(internal)?;
+        Ok(Outbound { peer, head, plan })
     }
 
     fn peer(&self) -> Result<HttpPeer, Failure> {
@@ -249,82 +314,75 @@ impl Gateway {
         Ok(peer)
     }
 
-    /// One upstream attempt: the rewritten header, the body, the response header.
-    /// `again`: a replay, whose body so far comes from the retry buffer.
-    async fn send(
+    /// The attempts and the policy between them ([`exchange::next`]), then the response.
+    async fn exchange(
         &self,
         s: &mut ServerSession,
-        plan: &Plan,
-        token: &CachedToken,
-        again: bool,
-    ) -> Result<Upstream, Failure> {
-        let peer = self.peer()?;
-        let (mut session, reused) =
-            self.connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|error| Failure::Upstream {
-                    error,
-                    reused: false,
-                })?;
-        let up = |error| Failure::Upstream { error, reused };
-        session.set_read_timeout(peer.options.read_timeout);
-        session.set_write_timeout(peer.options.write_timeout);
-
-        let mut req = Box::new(s.req_header().clone());
-        let has_body = plan.body.is_some() || !s.is_body_empty();
-        rewrite_upstream_headers(
-            &mut req,
-            &self.merchant_header,
-            &token.bearer,
-            &self.upstream_host,
-            has_body,
-        )
-        .map_err(|e| Failure::Gateway(GatewayError::BadRequest(e.to_string())))?;
-        let internal = |e: Box<Error>| Failure::Gateway(GatewayError::Internal(e.to_string()));
-        if plan.query_testmode {
-            if let Some(uri) = with_query_testmode(&req.uri) {
-                req.set_uri(uri);
-            }
-        }
-        if let Some(body) = &plan.body {
-            req.insert_header(CONTENT_LENGTH, body.len())
-                .map_err(internal)?;
-        }
-        if self.links.is_some() {
-            // Links are rewritten in plain JSON: ask for it rather than inflate and deflate.
-            req.insert_header(ACCEPT_ENCODING, "identity")
-                .map_err(internal)?;
-        }
-        session.write_request_header(req).await.map_err(up)?;
-
-        if let Some(body) = &plan.body {
-            if !body.is_empty() {
-                session
-                    .write_request_body(body.clone(), true)
-                    .await
-                    .map_err(up)?;
-            }
-        } else {
-            if again {
-                if let Some(sent) = s.get_retry_buffer().filter(|b| !b.is_empty()) {
-                    session.write_request_body(sent, false).await.map_err(up)?;
+        ctx: &mut RequestCtx,
+        merchant: &MerchantId,
+        mut token: Arc<CachedToken>,
+        out: &Outbound,
+    ) -> bool {
+        ctx.upstream_started = Some(Instant::now());
+        let idempotent = s.req_header().method.is_idempotent();
+        let mut history = History::default();
+        loop {
+            let result = self.attempt(s, ctx, out, &token, history).await;
+            let request = exchange::Request {
+                idempotent,
+                body_at_hand: out.plan.body.is_some() || !s.retry_buffer_truncated(),
+            };
+            let (attempt, answered) = match result {
+                Ok(up) => {
+                    let status = up.get_status().unwrap_or(StatusCode::BAD_GATEWAY);
+                    (Attempt::Answered(status), Ok(up))
+                }
+                Err(Failure::Upstream { mut error, reused }) => {
+                    error.retry.decide_reuse(reused);
+                    let retryable = error.retry();
+                    (Attempt::Failed { retryable }, Err(error))
+                }
+                Err(f) => return self.fail(s, ctx, f).await,
+            };
+            if attempt == Attempt::Answered(StatusCode::UNAUTHORIZED) {
+                self.metrics.upstream_401.inc();
+                if !history.replayed {
+                    // Only the token that was used; a newer one from a concurrent refresh stays.
+                    self.tokens.invalidate(merchant, token.id);
                 }
             }
-            while let Some(chunk) = s.read_request_body().await.map_err(Failure::Downstream)? {
-                session.write_request_body(chunk, false).await.map_err(up)?;
+            match (exchange::next(history, request, attempt), answered) {
+                (Next::Stream { replay }, Ok(up)) => {
+                    ctx.replay_outcome = replay;
+                    return self.stream_response(s, ctx, up, &out.peer).await;
+                }
+                (Next::Replay401, Ok(up)) => match self.tokens.get(merchant).await {
+                    Ok(fresh) => {
+                        self.discard(up, &out.peer).await;
+                        token = fresh;
+                        history.replayed = true;
+                    }
+                    Err(e) => {
+                        ctx.replay_outcome = Some("refresh_failed");
+                        return self.respond(s, ctx, e.to_gateway(merchant)).await;
+                    }
+                },
+                (Next::RetryOnFreshConnection, _) => {
+                    tracing::debug!(
+                        "a pooled upstream connection was closed; retrying on a new one"
+                    );
+                    history.retried = true;
+                }
+                (_, Err(error)) => {
+                    let f = Failure::Upstream {
+                        error,
+                        reused: false,
+                    };
+                    return self.fail(s, ctx, f).await;
+                }
+                (Next::Fail, Ok(_)) => unreachable!("an answered attempt is never failed"),
             }
         }
-        session.finish_request_body().await.map_err(up)?;
-        loop {
-            session.read_response_header().await.map_err(up)?;
-            // Informational answers (`103 Early Hints`) are not passed on.
-            match session.response_header().map(|r| r.status.as_u16()) {
-                Some(100..=199) => continue,
-                _ => break,
-            }
-        }
-        Ok(Upstream { session, peer })
     }
 
     /// Streams the upstream response to the caller; true when written completely.
@@ -333,60 +391,57 @@ impl Gateway {
         s: &mut ServerSession,
         ctx: &mut RequestCtx,
         mut up: Upstream,
+        peer: &HttpPeer,
     ) -> bool {
-        let Some(header) = up.session.response_header() else {
+        let Some(header) = up.resp_header() else {
             return false;
         };
         let mut resp = Box::new(header.clone());
         ctx.upstream_status = Some(resp.status.as_u16());
         strip_hop_by_hop(&mut resp);
-        let mut links = self.link_rewriter(s.req_header(), &mut resp);
+        // The request id, unless the upstream answered with its own (passed on as it is).
+        if !resp.headers.contains_key(REQUEST_ID)
+            && resp
+                .insert_header(REQUEST_ID, ctx.request_id.clone())
+                .is_err()
+        {
+            return false;
+        }
+        let links = self.link_rewriter(s.req_header(), &mut resp);
         if s.write_response_header(resp).await.is_err() {
             return false; // the caller is gone
         }
-        loop {
-            let chunk = match up.session.read_response_body().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => {
-                    // Too late for an error answer: the caller sees the connection close.
-                    tracing::warn!(error = %e, "upstream failed during the response body");
-                    ctx.error_code = Some("upstream_unavailable");
-                    return false;
-                }
-            };
-            let chunk = match links.as_mut() {
-                Some(l) => {
-                    let mut out = Vec::with_capacity(chunk.len() + 64);
-                    l.feed(&chunk, &mut out);
-                    Bytes::from(out)
-                }
-                None => chunk,
-            };
-            if s.write_response_body(chunk, false).await.is_err() {
-                return false;
+        match response::stream_body(s, &mut up, links).await {
+            Streamed::Complete => {
+                self.upstreams.release(up, peer).await;
+                true
+            }
+            // The upstream connection is dropped, unread: closed, never pooled.
+            Streamed::CallerGone => false,
+            Streamed::UpstreamBroken(e) => {
+                // Too late for an error answer: the caller sees the response broken off.
+                tracing::warn!(error = %e, "upstream failed during the response body");
+                ctx.error_code = Some("upstream_unavailable");
+                false
             }
         }
-        self.release(up).await;
-        let tail = match links.as_mut() {
-            Some(l) => {
-                let mut out = Vec::new();
-                l.finish(&mut out);
-                Bytes::from(out)
-            }
-            None => Bytes::new(),
-        };
-        s.write_response_body(tail, true).await.is_ok()
     }
 
-    /// A rewriter for this response's HAL links, when they need one (and the framing changed
-    /// to chunked, since the length changes).
+    /// A rewriter for this response's HAL links, when it needs one (and the framing changed
+    /// to chunked, since the length changes). Never for a response without a body (HEAD,
+    /// 204, 304), whose `Content-Length` describes a body that is not sent.
     fn link_rewriter(
         &self,
         req: &RequestHeader,
         resp: &mut ResponseHeader,
     ) -> Option<LinkRewriter> {
         let (from, to) = self.links.as_ref()?;
+        if req.method == Method::HEAD
+            || resp.status == StatusCode::NO_CONTENT
+            || resp.status == StatusCode::NOT_MODIFIED
+        {
+            return None;
+        }
         if is_ruby_sdk(req) {
             // mollie-api-ruby keeps only the path of `https://api.mollie.com/…` hrefs (so it
             // stays on the gateway by itself) and misreads any other href as a resource name.
@@ -409,25 +464,16 @@ impl Gateway {
         Some(LinkRewriter::new(from, to))
     }
 
-    /// Returns a finished upstream connection to the pool (or closes it).
-    async fn release(&self, mut up: Upstream) {
-        if up.session.response_done() {
-            self.connector
-                .release_http_session(up.session, &up.peer, Some(UPSTREAM_IDLE_TIMEOUT))
-                .await;
-        }
-    }
-
-    /// Drops a 401 answer before the replay, keeping its connection when the body is small.
-    async fn discard(&self, mut up: Upstream) {
+    /// Drops a 401 answer before the replay, pooling its connection when the body is small.
+    async fn discard(&self, mut up: Upstream, peer: &HttpPeer) {
         let mut read = 0;
-        while let Ok(Some(chunk)) = up.session.read_response_body().await {
+        while let Ok(Some(chunk)) = up.read_body_bytes().await {
             read += chunk.len();
             if read > MAX_DISCARD {
                 return;
             }
         }
-        self.release(up).await;
+        self.upstreams.release(up, peer).await;
     }
 
     /// Answers a failed exchange; true when an answer was written completely.
@@ -445,29 +491,36 @@ impl Gateway {
                 }
             }
             Failure::Downstream(error) => match error.etype() {
-                ErrorType::InvalidHTTPHeader => {
-                    GatewayError::BadRequest(error.etype().as_str().to_string())
-                }
-                _ => {
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::ReadTimedout => {
                     tracing::debug!(error = %error, "the caller went away");
                     return false;
+                }
+                // A malformed body: an invalid chunk, more bytes than `Content-Length`, …
+                _ => {
+                    ctx.body_failed = true;
+                    GatewayError::BadRequest(format!(
+                        "the request body is malformed: {}",
+                        error.etype().as_str()
+                    ))
                 }
             },
         };
         self.respond(s, ctx, error).await
     }
 
-    /// Answers the caller with a gateway error and closes the connection afterwards (the
-    /// request body may be unread). True when the answer was written.
+    /// Answers the caller with a gateway error; true when the answer was written. The
+    /// connection is kept only when the request body is settled ([`Gateway::settle_body`]).
     async fn respond(
         &self,
         s: &mut ServerSession,
         ctx: &mut RequestCtx,
         error: GatewayError,
     ) -> bool {
-        let (header, body) = error.response();
+        if !self.settle_body(s, ctx).await {
+            s.set_keepalive(None);
+        }
+        let (header, body) = error.response(ctx.request_id.to_str().ok());
         ctx.error_code = Some(error.code());
-        s.set_keepalive(None);
         let written = match s.write_response_header(Box::new(header)).await {
             Ok(()) => s.write_response_body(body, true).await,
             Err(e) => Err(e),
@@ -476,6 +529,40 @@ impl Gateway {
             tracing::debug!(error = %e, "cannot send error response; caller gone");
         }
         written.is_ok()
+    }
+
+    /// Whether the caller's connection can carry another request after an answer that may not
+    /// have read the request body: the body is done, or at most [`MAX_DISCARD`] more bytes,
+    /// drained now (within the head deadline). Never after a failed body, nor when the caller
+    /// is still waiting for a `100 Continue` it will not get.
+    async fn settle_body(&self, s: &mut ServerSession, ctx: &RequestCtx) -> bool {
+        if ctx.body_failed || (expects_continue(s.req_header()) && !ctx.continued) {
+            return false;
+        }
+        if s.as_http1().is_none() || s.is_body_done() {
+            return true; // an HTTP/2 stream ends on its own
+        }
+        let length = s
+            .req_header()
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if length.is_some_and(|n| n.saturating_sub(s.body_bytes_read()) > MAX_DISCARD) {
+            return false;
+        }
+        let start = s.body_bytes_read();
+        let drain = async {
+            while let Ok(Some(_)) = s.read_request_body().await {
+                if s.body_bytes_read() - start > MAX_DISCARD {
+                    return false;
+                }
+            }
+            s.is_body_done()
+        };
+        tokio::time::timeout(self.header_timeout, drain)
+            .await
+            .unwrap_or(false)
     }
 
     /// Metrics and the access-log line.
@@ -502,6 +589,7 @@ impl Gateway {
             path = req.uri.path(),
             status,
             merchant = ctx.merchant.as_ref().map(MerchantId::as_str).unwrap_or("-"),
+            request_id = ctx.request_id.to_str().unwrap_or("-"),
             upstream_status = ctx.upstream_status.unwrap_or(0),
             duration_us = total.as_micros() as u64,
             gateway_us = gateway.map(|g| g.as_micros() as u64).unwrap_or(0),
@@ -517,7 +605,7 @@ impl Gateway {
             return;
         }
         let error = GatewayError::BadRequest("the request head is malformed".to_string());
-        let (header, body) = error.response();
+        let (header, body) = error.response(None);
         self.metrics.observe_request(400);
         self.metrics
             .gateway_errors
@@ -542,6 +630,7 @@ impl Gateway {
     }
 }
 
+/// pingora's HTTP/2 server hands each stream here ([`ProxyListener`] serves HTTP/1 itself).
 #[async_trait]
 impl HttpServerApp for Gateway {
     async fn process_new_http(
@@ -552,7 +641,6 @@ impl HttpServerApp for Gateway {
         let read = tokio::select! {
             biased;
             read = session.read_request() => read,
-            // An idle keep-alive connection is closed when the service shuts down.
             _ = self.await_shutdown() => return None,
         };
         match read {
@@ -566,24 +654,7 @@ impl HttpServerApp for Gateway {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
-        let mut ctx = RequestCtx {
-            started: Instant::now(),
-            merchant: None,
-            upstream_started: None,
-            upstream_status: None,
-            replay_outcome: None,
-            error_code: None,
-        };
-        let complete = self.serve(&mut session, &mut ctx).await;
-        self.log(&session, &ctx);
-        if !complete {
-            return None;
-        }
-        let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
-            _ => None,
-        }
+        self.handle(session).await
     }
 
     async fn http_cleanup(&self) {

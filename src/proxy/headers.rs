@@ -5,14 +5,23 @@
 //! upstream's `Host` come, hop-by-hop headers (RFC 9110 §7.6.1) and `Expect` are dropped (the
 //! gateway answers `100 Continue` itself), and the framing is made explicit for HTTP/1.1.
 //! Responses: hop-by-hop headers are dropped; the caller's framing is pingora's business.
+//! Also here: which request targets are forwarded at all ([`check_target`]) and the request
+//! id ([`request_id`]).
 
+use crate::error::GatewayError;
 use http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TRANSFER_ENCODING, UPGRADE,
 };
-use http::{HeaderName, HeaderValue, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Uri, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+
+/// The request id header: taken from the caller when sane, forwarded, echoed, logged.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest caller request id kept (longer ones are replaced by a generated one).
+pub const MAX_REQUEST_ID: usize = 128;
 
 /// Never forwarded, in either direction, besides those a `Connection` header names.
 const HOP_BY_HOP: [&str; 5] = [
@@ -67,12 +76,15 @@ pub fn rewrite_upstream_headers(
     req.insert_header(AUTHORIZATION, bearer.clone())?;
     req.insert_header(HOST, host.clone())?;
     req.set_version(Version::HTTP_11);
-    if req.uri.authority().is_some() || req.uri.scheme().is_some() {
-        // Absolute-form target (or an HTTP/2 request): keep only path and query.
+    if !req.raw_path().starts_with(b"/") || req.uri.authority().is_some() {
+        // Absolute-form (pingora keeps it verbatim in `raw_path()`, with only its path and
+        // query in `uri`), or an HTTP/2 request: sent as origin-form, its authority ignored.
+        // `check_target` has refused every other form before.
         let origin_form = req
             .uri
             .path_and_query()
             .map(|pq| pq.as_str())
+            .filter(|pq| pq.starts_with('/'))
             .unwrap_or("/");
         let uri: Uri = origin_form
             .parse()
@@ -104,9 +116,62 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
             resp.remove_header(name);
         }
     }
-    if resp.status != StatusCode::SWITCHING_PROTOCOLS && resp.headers.contains_key(UPGRADE) {
+    // The gateway never asks for an upgrade (it drops the caller's `Upgrade`), so no response
+    // it forwards switches protocols.
+    if resp.headers.contains_key(UPGRADE) {
         resp.remove_header(&UPGRADE);
     }
+}
+
+/// Whether the request target may go upstream (RFC 9112 §3.2): origin-form as it is, and
+/// absolute-form, which [`rewrite_upstream_headers`] turns into origin-form. `CONNECT`,
+/// `TRACE` and authority-form get 405, asterisk-form (`OPTIONS *`) 400. Checked on the bytes
+/// that would be sent (`raw_path()`), not on `uri.authority()`, which every HTTP/2 request has.
+pub fn check_target(req: &RequestHeader) -> Result<(), GatewayError> {
+    if req.method == Method::CONNECT || req.method == Method::TRACE {
+        return Err(GatewayError::MethodNotAllowed(req.method.to_string()));
+    }
+    let raw = req.raw_path();
+    if raw.starts_with(b"/") || is_absolute_form(raw) {
+        Ok(())
+    } else if raw == b"*" {
+        Err(GatewayError::BadRequest(
+            "the asterisk-form target `*` is not forwarded".into(),
+        ))
+    } else {
+        Err(GatewayError::MethodNotAllowed(
+            "an authority-form request target".into(),
+        ))
+    }
+}
+
+/// `scheme://…` with an RFC 3986 scheme.
+fn is_absolute_form(raw: &[u8]) -> bool {
+    let Some(end) = memchr::memmem::find(raw, b"://") else {
+        return false;
+    };
+    let scheme = &raw[..end];
+    scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+}
+
+/// The request's id: the caller's `X-Request-Id` when it is one sane token (1 to 128 visible
+/// ASCII bytes), otherwise a new random one (32 hex digits).
+pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    let mut values = req.headers.get_all(REQUEST_ID).iter();
+    match (values.next(), values.next()) {
+        (Some(id), None) if is_sane_id(id.as_bytes()) => id.clone(),
+        _ => {
+            let id = format!("{:032x}", fastrand::u128(..));
+            HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+        }
+    }
+}
+
+fn is_sane_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len()) && id.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 /// The Ruby SDK's `User-Agent` always carries ` Ruby/<version>`.
@@ -187,6 +252,67 @@ mod tests {
         rewrite_upstream_headers(&mut post, &name, &bearer, &host, true).unwrap();
         assert!(!post.headers.contains_key(TRANSFER_ENCODING));
         assert_eq!(post.headers["content-length"], "2");
+    }
+
+    fn target(method: &str, raw: &[u8]) -> RequestHeader {
+        RequestHeader::build(method, raw, None).unwrap()
+    }
+
+    #[test]
+    fn absolute_form_is_sent_as_origin_form_with_its_query() {
+        let name = HeaderName::from_static("x-merchant-id");
+        let bearer = HeaderValue::from_static("Bearer a");
+        let host = HeaderValue::from_static("api.mollie.com");
+        for (raw, sent) in [
+            (
+                &b"http://evil.example/v2/methods?x=1"[..],
+                &b"/v2/methods?x=1"[..],
+            ),
+            (b"https://evil.example:8443/v2/a/b", b"/v2/a/b"),
+            (b"http://evil.example", b"/"),
+            (b"/v2/payments?limit=5", b"/v2/payments?limit=5"),
+        ] {
+            let mut req = target("GET", raw);
+            check_target(&req).unwrap();
+            rewrite_upstream_headers(&mut req, &name, &bearer, &host, false).unwrap();
+            // What pingora's client writes into the request line:
+            assert_eq!(req.raw_path(), sent, "{}", String::from_utf8_lossy(raw));
+            assert_eq!(req.headers["host"], "api.mollie.com");
+        }
+    }
+
+    #[test]
+    fn connect_trace_authority_and_asterisk_forms_are_refused() {
+        for (method, raw, status) in [
+            ("CONNECT", &b"evil.example:443"[..], 405),
+            ("TRACE", b"/v2/methods", 405),
+            ("GET", b"evil.example:443", 405),
+            ("OPTIONS", b"*", 400),
+        ] {
+            let err = check_target(&target(method, raw)).unwrap_err();
+            assert_eq!(err.status(), status, "{method} {raw:?}");
+            assert_eq!(err.code(), "bad_request");
+        }
+    }
+
+    #[test]
+    fn a_sane_request_id_is_kept_and_any_other_replaced() {
+        let with = |v: &[u8]| {
+            let mut req = target("GET", b"/v2/methods");
+            req.append_header("x-request-id", HeaderValue::from_bytes(v).unwrap())
+                .unwrap();
+            request_id(&req)
+        };
+        assert_eq!(with(b"abc-123"), "abc-123");
+        let long = [b'a'; MAX_REQUEST_ID + 1];
+        for bad in [&long[..], b"has space", b"tab\there", b"\x80\xff"] {
+            let id = with(bad);
+            assert_ne!(id.as_bytes(), bad);
+            assert_eq!(id.len(), 32, "{id:?}");
+        }
+        let generated = request_id(&target("GET", b"/v2/methods"));
+        assert!(generated.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(generated, request_id(&target("GET", b"/v2/methods")));
     }
 
     #[test]
