@@ -10,7 +10,9 @@
 //! - [`tokens`]: the token cache, single-flight refresh, backoff, background refresher.
 //! - [`store`]: durable credentials (`CredentialStore`; file backend).
 //! - [`rewrite`]: testmode/profileId defaults and the streaming HAL link rewriter.
-//! - [`proxy`]: the proxy (a pingora-core `HttpServerApp`), including the 401 replay.
+//! - [`proxy`]: the proxy listener (connection cap, head deadline) and the proxy (a pingora-core
+//!   `HttpServerApp`): origin-form targets, the exchange and its attempt policy (401 replay,
+//!   one retry on a fresh connection), streamed responses.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`), routing to:
 //! - [`admin_api`]: `/admin/merchants…`, behind `admin.token`;
