@@ -43,6 +43,7 @@ async fn python_new_sdk_creates_fetches_pages_and_lists_per_merchant() {
     );
     assert!(output.contains("\"ok\": true"), "{output}");
     sdk::assert_fake_view(&fake);
+    sdk::assert_sdk_globals_reached_mollie(&fake);
     // The second page was fetched through the gateway, from the rewritten `next` link.
     assert!(
         fake.api_requests().iter().any(|r| r.path == "/v2/payments"

@@ -38,6 +38,7 @@ async fn ts_sdk_creates_fetches_pages_iterates_and_lists_per_merchant() {
     );
     assert!(output.contains("\"ok\":true"), "{output}");
     sdk::assert_fake_view(&fake);
+    sdk::assert_sdk_globals_reached_mollie(&fake);
     // Second pages were fetched through the gateway, from the rewritten `next` links.
     assert!(
         fake.api_requests().iter().any(|r| r.path == "/v2/payments"

@@ -109,8 +109,8 @@ pub async fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
 }
 
 /// What the fake saw must match what the SDKs were told: each merchant's three payments carry
-/// its own profile, in test mode; every request was authorized with that merchant's token and
-/// no merchant header or dummy key reached Mollie.
+/// its own profile, in test mode; every request was authorized with a token the fake issued (so
+/// no dummy key reached Mollie, not even one spelled `access_…`) and no merchant header.
 pub fn assert_fake_view(fake: &FakeMollie) {
     for (m, profile) in [("m1", "pfl_m1"), ("m2", "pfl_m2")] {
         let payments = fake.resources().payments(m);
@@ -126,12 +126,32 @@ pub fn assert_fake_view(fake: &FakeMollie) {
     }
     for req in fake.api_requests() {
         assert!(req.header("x-merchant-id").is_none(), "{req:?}");
+        assert!(
+            req.merchant.is_some(),
+            "not authorized with a fake token: {req:?}"
+        );
         let auth = req.header("authorization").unwrap_or("");
         assert!(
             auth.starts_with("Bearer access_"),
             "{} {}: {auth}",
             req.method,
             req.path
+        );
+    }
+}
+
+/// The Speakeasy SDKs' own `testmode`/`profileId` (set with an `access_…` dummy key, listing
+/// with `limit=10`) reached Mollie as the SDK sent them: the gateway adds no `profileId` to a
+/// query, nor `testmode` for a key that is not `test_…`.
+pub fn assert_sdk_globals_reached_mollie(fake: &FakeMollie) {
+    let requests = fake.api_requests();
+    for m in ["m1", "m2"] {
+        let want = format!("limit=10&profileId=pfl_{m}&testmode=true");
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.path == "/v2/payments" && r.query.as_deref() == Some(want.as_str())),
+            "no GET /v2/payments?{want}"
         );
     }
 }

@@ -10,8 +10,9 @@ m2 onboarded with profiles pfl_m1/pfl_m2 (`[merchants.defaults.<id>] profile_id`
 ideal+creditcard and m2's bancontact, and `upstream.public_base_url` = GATEWAY_BASE_URL. For each
 merchant it creates payments, fetches one, lists them over two pages with the SDK's own
 pagination (`ListPaymentsResponse.next()`, which requests `_links.next.href` as is), lists
-methods, and checks the two merchants' data never mix; an unknown merchant must raise the SDK's
-`APIError` carrying the gateway's message.
+methods, and checks the two merchants' data never mix; the SDK's own `testmode`/`profile_id`
+must be refused with the `test_` dummy key and sent with an `access_` one; an unknown merchant
+must raise the SDK's `APIError` carrying the gateway's message.
 
 `retry` expects m1 onboarded at both gateways, the first one's token endpoint answering 503 to
 the first refresh only (the test turns it back on), and the second gateway without an OAuth app.
@@ -34,10 +35,11 @@ from mollie import ClientSDK, models
 DUMMY_KEY = "test_gatewaygatewaygatewaygatewayga"
 
 
-def gateway_client(base_url: str, merchant: str, seen=None) -> ClientSDK:
+def gateway_client(base_url: str, merchant: str, seen=None, key=DUMMY_KEY, **sdk) -> ClientSDK:
     """The README recipe: server URL, dummy key, an httpx client that sends the merchant header.
 
-    `seen`, when a list, receives (time, status, Retry-After) for every HTTP response.
+    `seen`, when a list, receives (time, status, Retry-After) for every HTTP response; `sdk`
+    holds more ClientSDK options (`testmode`, `profile_id`).
     """
     hooks = {}
     if seen is not None:
@@ -49,8 +51,9 @@ def gateway_client(base_url: str, merchant: str, seen=None) -> ClientSDK:
     )
     return ClientSDK(
         server_url=base_url,
-        security=models.Security(api_key=DUMMY_KEY),
+        security=models.Security(api_key=key),
         client=http,
+        **sdk,
     )
 
 
@@ -121,6 +124,20 @@ def flow(base: str) -> dict:
             for p in page.result.embedded.payments:
                 check(p.description.startswith(f"{m} "), f"{m} listed {p.description}")
                 check(p.profile_id == merchants[m], f"{m} listed profile {p.profile_id}")
+
+        # The SDK's own testmode/profile_id: refused unless the key looks like an OAuth token
+        # (`access_…`); with such a dummy the SDK sends them itself (the gateway adds testmode
+        # only for a dropped `test_…` key, and never overrides what the caller sent).
+        try:
+            gateway_client(base, m, testmode=True)
+            raise AssertionError("ClientSDK took testmode with a test_ key")
+        except AttributeError as e:
+            check("access" in str(e).lower(), f"{m}: {e}")
+        own = gateway_client(
+            base, m, key="access_gatewaygateway", testmode=True, profile_id=merchants[m]
+        )
+        listed = [p.id for p in own.payments.list(limit=10).result.embedded.payments]
+        check(listed == list(reversed(created[m])), f"{m}: SDK testmode listed {listed}")
 
         methods = [meth.id for meth in client.methods.list().embedded.methods]
         check(methods == expected_methods[m], f"{m}: methods {methods}")

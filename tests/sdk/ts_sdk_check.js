@@ -11,8 +11,9 @@
 // m1's methods ideal+creditcard, m2's bancontact, `upstream.public_base_url` = the gateway; each
 // merchant creates payments, fetches one, pages through its list with the SDK's own pagination
 // (`next()` and `for await`, which request `_links.next.href` as is), lists methods, and never
-// sees the other's data; an unknown merchant must reject with the SDK's `ClientDefaultError`
-// carrying the gateway's message. `retry`: the SDK's default retry policy (429 and 5xx, backoff
+// sees the other's data; the SDK's own `testmode`/`profileId` must be refused with the test_
+// dummy key and sent with an access_ one; an unknown merchant must reject with the SDK's
+// `ClientDefaultError` carrying the gateway's message. `retry`: the SDK's default retry policy (429 and 5xx, backoff
 // 0.5-5 s, 7.5 s in all, waiting `Retry-After`, at most 5 s) retries a transient 503 after
 // `Retry-After` and surfaces a lasting one as `ErrorResponse` with the gateway's detail.
 // Any failure exits non-zero; success prints a JSON summary.
@@ -27,8 +28,9 @@ const errors = require('mollie-api-typescript/models/errors');
 const DUMMY_KEY = 'test_gatewaygatewaygatewaygatewayga';
 
 // The README recipe: server URL, dummy key, an HTTPClient whose beforeRequest hook sets the
-// merchant header. `seen`, when an array, receives [ms, status, Retry-After] per response.
-function gatewayClient(serverURL, merchantId, seen) {
+// merchant header. `seen`, when an array, receives [ms, status, Retry-After] per response;
+// `sdk` holds more Client options (`testmode`, `profileId`).
+function gatewayClient(serverURL, merchantId, seen, apiKey = DUMMY_KEY, sdk = {}) {
   const httpClient = new HTTPClient();
   httpClient.addHook('beforeRequest', (request) => {
     request.headers.set('X-Merchant-Id', merchantId);
@@ -38,7 +40,7 @@ function gatewayClient(serverURL, merchantId, seen) {
       seen.push([performance.now(), res.status, res.headers.get('retry-after')]);
     });
   }
-  return new Client({ serverURL, security: { apiKey: DUMMY_KEY }, httpClient });
+  return new Client({ serverURL, security: { apiKey }, httpClient, ...sdk });
 }
 
 function paymentRequest(m, i) {
@@ -117,6 +119,20 @@ async function flow(base) {
       if (iterated.length > 10) break;
     }
     assert.deepEqual(iterated, [...created[m]].reverse(), `${m}: for await`);
+
+    // The SDK's own testmode/profileId: refused unless the key looks like an OAuth token
+    // (access_…); with such a dummy the SDK sends them itself (the gateway adds testmode only
+    // for a dropped test_ key, and never overrides what the caller sent).
+    assert.throws(
+      () => gatewayClient(base, m, null, DUMMY_KEY, { testmode: true }),
+      (err) => err instanceof errors.ClientCreationError,
+    );
+    const own = gatewayClient(base, m, null, 'access_gatewaygateway', {
+      testmode: true,
+      profileId: profiles[m],
+    });
+    const listed = (await own.payments.list({ limit: 10 })).result.embedded.payments.map((p) => p.id);
+    assert.deepEqual(listed, [...created[m]].reverse(), `${m}: SDK testmode`);
 
     const methods = (await client.methods.list()).embedded.methods.map((meth) => meth.id);
     assert.deepEqual(methods, expectedMethods[m]);
