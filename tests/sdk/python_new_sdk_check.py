@@ -33,6 +33,9 @@ from mollie import ClientSDK, models
 # Any string works: the SDK does not check the key's format. The gateway drops it but reads
 # its `test_` prefix (testmode = "from_key").
 DUMMY_KEY = "test_gatewaygatewaygatewaygatewayga"
+# A dummy that looks like an OAuth token: only with such a key does the SDK take `testmode` and
+# `profile_id` of its own (and the gateway, seeing no `test_` key, adds no testmode).
+ACCESS_DUMMY_KEY = "access_gatewaygateway"
 
 
 def gateway_client(base_url: str, merchant: str, seen=None, key=DUMMY_KEY, **sdk) -> ClientSDK:
@@ -76,13 +79,28 @@ def flow(base: str) -> dict:
     clients = {m: gateway_client(base, m) for m in merchants}
     created = {m: [] for m in merchants}
 
-    # Interleaved creates, so the fake holds both merchants' payments side by side.
+    # The SDK's own testmode/profile_id: refused with the `test_` dummy, taken with an `access_`
+    # one, and then sent by the SDK itself (on creates and lists below).
+    for m in merchants:
+        try:
+            gateway_client(base, m, testmode=True)
+            raise AssertionError("ClientSDK took testmode with a test_ key")
+        except AttributeError as e:
+            check("access" in str(e).lower(), f"{m}: {e}")
+    own = {
+        m: gateway_client(base, m, key=ACCESS_DUMMY_KEY, testmode=True, profile_id=profile)
+        for m, profile in merchants.items()
+    }
+
+    # Interleaved creates, so the fake holds both merchants' payments side by side; the third
+    # with the SDK's own testmode (a test payment shows the SDK put it in the body).
     for i in range(1, 4):
         for m, client in clients.items():
+            client = own[m] if i == 3 else client
             p = client.payments.create(payment_request=payment_request(m, i))
             check(p.id.startswith("tr_"), f"payment id {p.id}")
             check(p.profile_id == merchants[m], f"{m}: profileId {p.profile_id} (gateway default)")
-            check(p.mode == "test", f"{m}: mode {p.mode} (testmode from the test_ key)")
+            check(p.mode == "test", f"{m}: mode {p.mode} (testmode from the test_ key, or the SDK's own)")
             check(p.description == f"{m} order {i}", f"{m}: description {p.description}")
             check(
                 p.links.self_.href == f"{base}/v2/payments/{p.id}",
@@ -125,18 +143,8 @@ def flow(base: str) -> dict:
                 check(p.description.startswith(f"{m} "), f"{m} listed {p.description}")
                 check(p.profile_id == merchants[m], f"{m} listed profile {p.profile_id}")
 
-        # The SDK's own testmode/profile_id: refused unless the key looks like an OAuth token
-        # (`access_…`); with such a dummy the SDK sends them itself (the gateway adds testmode
-        # only for a dropped `test_…` key, and never overrides what the caller sent).
-        try:
-            gateway_client(base, m, testmode=True)
-            raise AssertionError("ClientSDK took testmode with a test_ key")
-        except AttributeError as e:
-            check("access" in str(e).lower(), f"{m}: {e}")
-        own = gateway_client(
-            base, m, key="access_gatewaygateway", testmode=True, profile_id=merchants[m]
-        )
-        listed = [p.id for p in own.payments.list(limit=10).result.embedded.payments]
+        # A list with the SDK's own testmode and profileId in the query.
+        listed = [p.id for p in own[m].payments.list(limit=10).result.embedded.payments]
         check(listed == list(reversed(created[m])), f"{m}: SDK testmode listed {listed}")
 
         methods = [meth.id for meth in client.methods.list().embedded.methods]

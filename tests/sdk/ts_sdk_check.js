@@ -26,6 +26,9 @@ const errors = require('mollie-api-typescript/models/errors');
 // Any string works: the SDK does not check the key's format. The gateway drops it but reads
 // its test_ prefix (testmode = "from_key").
 const DUMMY_KEY = 'test_gatewaygatewaygatewaygatewayga';
+// A dummy that looks like an OAuth token: only with such a key does the SDK take testmode and
+// profileId of its own (and the gateway, seeing no test_ key, adds no testmode).
+const ACCESS_DUMMY_KEY = 'access_gatewaygateway';
 
 // The README recipe: server URL, dummy key, an HTTPClient whose beforeRequest hook sets the
 // merchant header. `seen`, when an array, receives [ms, status, Retry-After] per response;
@@ -66,19 +69,29 @@ async function flow(base) {
   const profiles = { m1: 'pfl_m1', m2: 'pfl_m2' };
   const expectedMethods = { m1: ['ideal', 'creditcard'], m2: ['bancontact'] };
   const clients = {};
+  const own = {};
   const created = {};
-  for (const m of Object.keys(profiles)) {
+  for (const [m, profileId] of Object.entries(profiles)) {
     clients[m] = gatewayClient(base, m);
+    // The SDK's own testmode/profileId: refused with the test_ dummy, taken with an access_
+    // one, and then sent by the SDK itself (on creates and lists below).
+    assert.throws(
+      () => gatewayClient(base, m, null, DUMMY_KEY, { testmode: true }),
+      (err) => err instanceof errors.ClientCreationError,
+    );
+    own[m] = gatewayClient(base, m, null, ACCESS_DUMMY_KEY, { testmode: true, profileId });
     created[m] = [];
   }
 
-  // Interleaved creates, so the fake holds both merchants' payments side by side.
+  // Interleaved creates, so the fake holds both merchants' payments side by side; the third
+  // with the SDK's own testmode (a test payment shows the SDK put it in the body).
   for (let i = 1; i <= 3; i++) {
-    for (const [m, client] of Object.entries(clients)) {
+    for (const m of Object.keys(clients)) {
+      const client = i === 3 ? own[m] : clients[m];
       const p = await client.payments.create(paymentRequest(m, i));
       assert.match(p.id, /^tr_/);
       assert.equal(p.profileId, profiles[m], `${m}: profileId (gateway default)`);
-      assert.equal(p.mode, 'test', `${m}: mode (testmode from the test_ key)`);
+      assert.equal(p.mode, 'test', `${m}: mode (testmode from the test_ key, or the SDK's own)`);
       assert.equal(p.description, `${m} order ${i}`);
       assert.equal(p.links.self.href, `${base}/v2/payments/${p.id}`, `${m}: self link`);
       assert.ok(p.links.checkout.href.startsWith('https://www.mollie.com/checkout/'));
@@ -120,18 +133,8 @@ async function flow(base) {
     }
     assert.deepEqual(iterated, [...created[m]].reverse(), `${m}: for await`);
 
-    // The SDK's own testmode/profileId: refused unless the key looks like an OAuth token
-    // (access_…); with such a dummy the SDK sends them itself (the gateway adds testmode only
-    // for a dropped test_ key, and never overrides what the caller sent).
-    assert.throws(
-      () => gatewayClient(base, m, null, DUMMY_KEY, { testmode: true }),
-      (err) => err instanceof errors.ClientCreationError,
-    );
-    const own = gatewayClient(base, m, null, 'access_gatewaygateway', {
-      testmode: true,
-      profileId: profiles[m],
-    });
-    const listed = (await own.payments.list({ limit: 10 })).result.embedded.payments.map((p) => p.id);
+    // A list with the SDK's own testmode and profileId in the query.
+    const listed = (await own[m].payments.list({ limit: 10 })).result.embedded.payments.map((p) => p.id);
     assert.deepEqual(listed, [...created[m]].reverse(), `${m}: SDK testmode`);
 
     const methods = (await client.methods.list()).embedded.methods.map((meth) => meth.id);
