@@ -100,7 +100,7 @@ def flow(base: str) -> dict:
             p = client.payments.create(payment_request=payment_request(m, i))
             check(p.id.startswith("tr_"), f"payment id {p.id}")
             check(p.profile_id == merchants[m], f"{m}: profileId {p.profile_id} (gateway default)")
-            check(p.mode == "test", f"{m}: mode {p.mode} (testmode from the test_ key, or the SDK's own)")
+            check(p.mode == "test", f"{m}: mode {p.mode} (from the test_ key, or the SDK's own)")
             check(p.description == f"{m} order {i}", f"{m}: description {p.description}")
             check(
                 p.links.self_.href == f"{base}/v2/payments/{p.id}",

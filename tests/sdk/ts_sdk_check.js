@@ -13,9 +13,10 @@
 // (`next()` and `for await`, which request `_links.next.href` as is), lists methods, and never
 // sees the other's data; the SDK's own `testmode`/`profileId` must be refused with the test_
 // dummy key and sent with an access_ one; an unknown merchant must reject with the SDK's
-// `ClientDefaultError` carrying the gateway's message. `retry`: the SDK's default retry policy (429 and 5xx, backoff
-// 0.5-5 s, 7.5 s in all, waiting `Retry-After`, at most 5 s) retries a transient 503 after
-// `Retry-After` and surfaces a lasting one as `ErrorResponse` with the gateway's detail.
+// `ClientDefaultError` carrying the gateway's message. `retry`: the SDK's default retry policy
+// (429 and 5xx, backoff 0.5-5 s, 7.5 s in all, waiting `Retry-After`, at most 5 s) retries a
+// transient 503 after `Retry-After` and surfaces a lasting one as `ErrorResponse` with the
+// gateway's detail.
 // Any failure exits non-zero; success prints a JSON summary.
 'use strict';
 
@@ -105,7 +106,10 @@ async function flow(base) {
     const got = await client.payments.get({ paymentId: created[m][0] });
     assert.equal(got.description, `${m} order 1`);
     // Another merchant's payment does not exist for this one: the SDK's typed 404.
-    const e = await rejects(client.payments.get({ paymentId: created[other][0] }), `${m} reads ${other}'s`);
+    const e = await rejects(
+      client.payments.get({ paymentId: created[other][0] }),
+      `${m} reads ${other}'s payment`,
+    );
     assert.ok(e instanceof errors.ErrorResponse, `${m}: ${e}`);
     assert.equal(e.statusCode, 404);
 
@@ -134,7 +138,8 @@ async function flow(base) {
     assert.deepEqual(iterated, [...created[m]].reverse(), `${m}: for await`);
 
     // A list with the SDK's own testmode and profileId in the query.
-    const listed = (await own[m].payments.list({ limit: 10 })).result.embedded.payments.map((p) => p.id);
+    const ownPage = await own[m].payments.list({ limit: 10 });
+    const listed = ownPage.result.embedded.payments.map((p) => p.id);
     assert.deepEqual(listed, [...created[m]].reverse(), `${m}: SDK testmode`);
 
     const methods = (await client.methods.list()).embedded.methods.map((meth) => meth.id);
