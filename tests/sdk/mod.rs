@@ -1,9 +1,10 @@
-//! Shared by the SDK compatibility tests (`tests/sdk_python.rs`, `tests/sdk_node.rs`): the
-//! fake Mollie with realistic resources, a gateway in front of it configured as the README's
-//! "Using it from Mollie's SDKs" says, and a bounded runner for the SDK scripts.
+//! Shared by the SDK compatibility tests (`tests/sdk_python.rs`, `tests/sdk_node.rs`,
+//! `tests/sdk_python_new.rs`, `tests/sdk_ts.rs`): the fake Mollie with realistic resources, a
+//! gateway in front of it configured as the README's "Using it from Mollie's SDKs" says, and a
+//! bounded runner for the SDK scripts.
 #![allow(dead_code)]
 
-use crate::support::fake_mollie::FakeMollie;
+use crate::support::fake_mollie::{FakeMollie, TokenMode};
 use crate::support::{Gateway, GatewayBuilder};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,6 +62,17 @@ pub async fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
     ] {
         cmd.env_remove(var);
     }
+    // The Speakeasy SDKs (mollie-api-py, mollie-api-typescript) take defaults from these.
+    for var in [
+        "CLIENT_API_KEY",
+        "CLIENT_ADVANCED_ACCESS_TOKEN",
+        "CLIENT_O_AUTH",
+        "CLIENT_PROFILE_ID",
+        "CLIENT_TESTMODE",
+        "CLIENT_CUSTOM_USER_AGENT",
+    ] {
+        cmd.env_remove(var);
+    }
     cmd.env("NO_PROXY", "127.0.0.1,localhost")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -97,8 +109,8 @@ pub async fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
 }
 
 /// What the fake saw must match what the SDKs were told: each merchant's three payments carry
-/// its own profile, in test mode; every request was authorized with that merchant's token and
-/// no merchant header or dummy key reached Mollie.
+/// its own profile, in test mode; every request was authorized with a token the fake issued (so
+/// no dummy key reached Mollie, not even one spelled `access_…`) and no merchant header.
 pub fn assert_fake_view(fake: &FakeMollie) {
     for (m, profile) in [("m1", "pfl_m1"), ("m2", "pfl_m2")] {
         let payments = fake.resources().payments(m);
@@ -114,6 +126,10 @@ pub fn assert_fake_view(fake: &FakeMollie) {
     }
     for req in fake.api_requests() {
         assert!(req.header("x-merchant-id").is_none(), "{req:?}");
+        assert!(
+            req.merchant.is_some(),
+            "not authorized with a fake token: {req:?}"
+        );
         let auth = req.header("authorization").unwrap_or("");
         assert!(
             auth.starts_with("Bearer access_"),
@@ -122,4 +138,86 @@ pub fn assert_fake_view(fake: &FakeMollie) {
             req.path
         );
     }
+}
+
+/// The Speakeasy SDKs' own `testmode`/`profileId` (set with an `access_…` dummy key, listing
+/// with `limit=10`) reached Mollie as the SDK sent them: the gateway adds no `profileId` to a
+/// query, nor `testmode` for a key that is not `test_…`.
+pub fn assert_sdk_globals_reached_mollie(fake: &FakeMollie) {
+    let requests = fake.api_requests();
+    for m in ["m1", "m2"] {
+        let want = format!("limit=10&profileId=pfl_{m}&testmode=true");
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.path == "/v2/payments" && r.query.as_deref() == Some(want.as_str())),
+            "no GET /v2/payments?{want}"
+        );
+    }
+}
+
+/// The gateways for the retry checks of the Speakeasy SDKs (`retry` mode of their scripts):
+/// - `gw`, as [`sdk_gateway`] makes it, whose token endpoint answers 503 (the fake is in
+///   [`TokenMode::ServerError`] until [`run_with_token_endpoint_recovering`] turns it back), with
+///   a backoff of 2-4 s so that its `Retry-After` (2-4) is longer than any first backoff the SDKs
+///   pick themselves (at most 1.5 s): a retry that long after the 503 honoured the header;
+/// - `unconfigured`, without an OAuth app (503 `oauth_misconfigured`, `Retry-After: 1`, on
+///   every request), knowing m1 with a refresh token it can never use.
+pub async fn retry_gateways() -> (FakeMollie, Gateway, Gateway) {
+    let fake = fake_with_resources().await;
+    let builder = GatewayBuilder::new(&fake)
+        .env("OAUTH__BACKOFF_MIN_MS", "4000")
+        .env("OAUTH__BACKOFF_MAX_MS", "4000");
+    let gw = sdk_gateway(&fake, "http://{listen}", builder);
+    fake.set_token_mode(TokenMode::ServerError);
+    let mut unconfigured = GatewayBuilder::new(&fake).unconfigured().prepare();
+    let out = unconfigured.cli(&["merchants", "add", "m1", "--refresh-token", "rt_never_used"]);
+    assert!(out.status.success(), "{out:?}");
+    unconfigured.spawn();
+    (fake, gw, unconfigured)
+}
+
+/// Runs an SDK script's `retry` mode (bounded), turning the fake's token endpoint back on once
+/// `gw` has answered its first 503 `token_endpoint_unavailable`, so that the SDK's retry after
+/// `Retry-After` succeeds.
+pub async fn run_with_token_endpoint_recovering(
+    fake: &FakeMollie,
+    gw: &Gateway,
+    cmd: Command,
+) -> (bool, String) {
+    const SAMPLE: &str = "mollie_gateway_gateway_errors_total{code=\"token_endpoint_unavailable\"}";
+    let recover = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gw.metric(SAMPLE).await < 1.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        fake.set_token_mode(TokenMode::Normal);
+    };
+    let (result, ()) = tokio::join!(run_bounded(cmd, Duration::from_secs(45)), recover);
+    result
+}
+
+/// After a `retry` run: m1 has exactly the one payment of the retried create (its profile, test
+/// mode), made with one API call on the second token (the first refresh got the 503); the
+/// misconfigured gateway never reached Mollie, nor did a dummy key or the merchant header.
+pub fn assert_retry_view(fake: &FakeMollie) {
+    let payments = fake.resources().payments("m1");
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert_eq!(payments[0]["profileId"], "pfl_m1");
+    assert_eq!(payments[0]["mode"], "test");
+    assert_eq!(
+        fake.token_calls_for("m1"),
+        2,
+        "one failed refresh, one good one"
+    );
+    let requests = fake.api_requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        (requests[0].method.as_str(), requests[0].path.as_str()),
+        ("POST", "/v2/payments")
+    );
+    assert!(requests[0].header("x-merchant-id").is_none());
+    assert!(requests[0]
+        .header("authorization")
+        .is_some_and(|a| a.starts_with("Bearer access_m1_")));
 }
