@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_mollie;
+pub mod raw;
 pub mod tls;
 
 use fake_mollie::FakeMollie;

@@ -1,6 +1,7 @@
 //! A TLS front for the fake Mollie: a test CA, a `localhost` leaf certificate signed by it, and
 //! a listener that terminates TLS (recording the SNI each client sent) and pipes the bytes to a
 //! plain backend. Lets tests prove the gateway speaks verified TLS with SNI upstream.
+//! [`ListenerPki`]: the certificate files for the gateway's own HTTPS listener.
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::net::SocketAddr;
@@ -83,5 +84,39 @@ impl TlsFront {
 
     pub fn base_url(&self) -> String {
         format!("https://localhost:{}", self.port)
+    }
+}
+
+/// A test CA and a `localhost` / 127.0.0.1 leaf it signed, as PEM files, for the gateway's
+/// own HTTPS listener (`server.tls_cert` / `server.tls_key`).
+pub struct ListenerPki {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl ListenerPki {
+    pub fn write(dir: &std::path::Path) -> ListenerPki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mollie-gateway listener test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let pki = ListenerPki {
+            ca_file: dir.join("ca.pem"),
+            cert_file: dir.join("gateway.crt"),
+            key_file: dir.join("gateway.key"),
+        };
+        std::fs::write(&pki.ca_file, ca.pem()).unwrap();
+        std::fs::write(&pki.cert_file, leaf.pem()).unwrap();
+        std::fs::write(&pki.key_file, leaf_key.serialize_pem()).unwrap();
+        pki
     }
 }
