@@ -352,9 +352,11 @@ impl Gateway {
                 }
             }
             match (exchange::next(history, request, attempt), answered) {
-                (Next::Stream { replay }, Ok(up)) => {
-                    ctx.replay_outcome = replay;
-                    return self.stream_response(s, ctx, up, &out.peer).await;
+                (Next::RetryOnFreshConnection, _) => {
+                    tracing::debug!(
+                        "a pooled upstream connection was closed; retrying on a new one"
+                    );
+                    history.retried = true;
                 }
                 (Next::Replay401, Ok(up)) => match self.tokens.get(merchant).await {
                     Ok(fresh) => {
@@ -367,11 +369,11 @@ impl Gateway {
                         return self.respond(s, ctx, e.to_gateway(merchant)).await;
                     }
                 },
-                (Next::RetryOnFreshConnection, _) => {
-                    tracing::debug!(
-                        "a pooled upstream connection was closed; retrying on a new one"
-                    );
-                    history.retried = true;
+                (next, Ok(up)) => {
+                    if let Next::Stream { replay } = next {
+                        ctx.replay_outcome = replay;
+                    }
+                    return self.stream_response(s, ctx, up, &out.peer).await;
                 }
                 (_, Err(error)) => {
                     let f = Failure::Upstream {
@@ -380,7 +382,6 @@ impl Gateway {
                     };
                     return self.fail(s, ctx, f).await;
                 }
-                (Next::Fail, Ok(_)) => unreachable!("an answered attempt is never failed"),
             }
         }
     }

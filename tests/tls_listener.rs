@@ -11,54 +11,20 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use support::fake_mollie::FakeMollie;
+use support::tls::ListenerPki;
 use support::{Gateway, GatewayBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Every network step of this file is bounded by this.
 const STEP: Duration = Duration::from_secs(10);
 
-/// A test CA and a `localhost` / 127.0.0.1 leaf it signed, written as PEM files.
-struct TestPki {
-    ca_der: CertificateDer<'static>,
-    ca_file: PathBuf,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-}
-
-fn test_pki(dir: &Path) -> TestPki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "mollie-gateway listener test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    // rcgen turns "127.0.0.1" into an IP address SAN.
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let pki = TestPki {
-        ca_der: ca.der().clone(),
-        ca_file: dir.join("ca.pem"),
-        cert_file: dir.join("gateway.crt"),
-        key_file: dir.join("gateway.key"),
-    };
-    std::fs::write(&pki.ca_file, ca.pem()).unwrap();
-    std::fs::write(&pki.cert_file, leaf.pem()).unwrap();
-    std::fs::write(&pki.key_file, leaf_key.serialize_pem()).unwrap();
-    pki
-}
-
 /// A gateway serving HTTPS with the test leaf, merchant m1 onboarded.
-fn tls_gateway(fake: &FakeMollie, pki: &TestPki) -> Gateway {
+fn tls_gateway(fake: &FakeMollie, pki: &ListenerPki) -> Gateway {
     let refresh = fake.add_merchant("m1");
     let mut gw = GatewayBuilder::new(fake)
         .env("SERVER__TLS_CERT", pki.cert_file.display().to_string())
@@ -73,7 +39,7 @@ fn tls_gateway(fake: &FakeMollie, pki: &TestPki) -> Gateway {
 /// TLS to the gateway, trusting only the test CA, offering `alpn`.
 async fn handshake(
     gw: &Gateway,
-    pki: &TestPki,
+    pki: &ListenerPki,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
@@ -118,7 +84,7 @@ where
 async fn alpn_offers_h2_and_http11_and_http11_round_trips() {
     let fake = FakeMollie::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pki = test_pki(dir.path());
+    let pki = ListenerPki::write(dir.path());
     let gw = tls_gateway(&fake, &pki);
 
     let tls = handshake(&gw, &pki, &[b"h2", b"http/1.1"]).await;
@@ -150,7 +116,7 @@ async fn alpn_offers_h2_and_http11_and_http11_round_trips() {
 async fn an_http2_request_is_proxied() {
     let fake = FakeMollie::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pki = test_pki(dir.path());
+    let pki = ListenerPki::write(dir.path());
     let gw = tls_gateway(&fake, &pki);
 
     let mut options = ConnectorOptions::new(4);

@@ -197,6 +197,38 @@ impl RawUpstream {
         out
     }
 
+    /// Every connection that received a request head, once the gateway has closed each of them
+    /// (waited for up to 3 s): none ends with a chunked terminator or holds a complete POST,
+    /// i.e. a body cut off upstream, never processed as complete. Returns their numbers.
+    pub async fn assert_cut_off(&self) -> Vec<usize> {
+        tokio::time::sleep(Duration::from_millis(100)).await; // a head sent just before
+        let used: Vec<usize> = (0..self.connections())
+            .filter(|n| self.conn(*n).heads().count() > 0)
+            .collect();
+        let closed = self
+            .wait_until(Duration::from_secs(3), |c| {
+                used.iter().all(|n| c[*n].closed_by_peer.is_some())
+            })
+            .await;
+        assert!(
+            closed,
+            "an upstream connection that got the head is still open: {:?}",
+            self.conns()
+        );
+        for n in &used {
+            let conn = self.conn(*n);
+            assert!(
+                !conn.bytes.ends_with(b"0\r\n\r\n"),
+                "terminated upstream: {conn:?}"
+            );
+            assert!(
+                conn.requests.iter().all(|r| r.method != "POST"),
+                "a complete POST upstream: {conn:?}"
+            );
+        }
+        used
+    }
+
     /// Polls (every 20 ms, at most `within`) until `done` holds for the connections.
     pub async fn wait_until(&self, within: Duration, done: impl Fn(&[RawConn]) -> bool) -> bool {
         let deadline = Instant::now() + within;

@@ -90,6 +90,8 @@ impl TlsFront {
 /// A test CA and a `localhost` / 127.0.0.1 leaf it signed, as PEM files, for the gateway's
 /// own HTTPS listener (`server.tls_cert` / `server.tls_key`).
 pub struct ListenerPki {
+    /// The CA certificate, for a client's root store.
+    pub ca_der: rustls::pki_types::CertificateDer<'static>,
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -110,6 +112,7 @@ impl ListenerPki {
             .signed_by(&leaf_key, &ca)
             .unwrap();
         let pki = ListenerPki {
+            ca_der: ca.der().clone(),
             ca_file: dir.join("ca.pem"),
             cert_file: dir.join("gateway.crt"),
             key_file: dir.join("gateway.key"),
