@@ -144,6 +144,31 @@ impl GatewayError {
     }
 }
 
+/// The answer to a proxied request whose upstream exchange failed before a response head:
+/// 504 when a connect, read or write timed out, 502 otherwise.
+pub fn upstream_failure(e: &pingora::Error) -> GatewayError {
+    use pingora::ErrorType::{ConnectTimedout, ReadTimedout, WriteTimedout};
+    let what = e.etype().as_str().to_string();
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout => GatewayError::UpstreamTimeout(what),
+        _ => GatewayError::UpstreamUnavailable(what),
+    }
+}
+
+/// The answer to a caller whose request body could not be read: 400 for a malformed body (an
+/// invalid chunk, more bytes than `Content-Length`), `None` when the caller went away or
+/// stalled (nobody to answer).
+pub fn caller_body_failure(e: &pingora::Error) -> Option<GatewayError> {
+    use pingora::ErrorType::{ConnectionClosed, ReadError, ReadTimedout};
+    match e.etype() {
+        ConnectionClosed | ReadError | ReadTimedout => None,
+        other => Some(GatewayError::BadRequest(format!(
+            "the request body is malformed: {}",
+            other.as_str()
+        ))),
+    }
+}
+
 /// Mollie's titles for the statuses the gateway answers.
 pub fn title(status: u16) -> &'static str {
     match status {

@@ -90,6 +90,25 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+/// `request_duration_seconds`: one name (the DESIGN.md contract), two series told apart by
+/// `part`, returned as [total, gateway].
+fn durations(r: &Registry) -> [Histogram; 2] {
+    let duration = HistogramVec::new(
+        HistogramOpts::new(
+            format!("{PREFIX}request_duration_seconds"),
+            "Request duration in seconds: part=\"total\" from request to response end, \
+             part=\"gateway\" the time the gateway added before the upstream request \
+             started (validation, token lookup, waiting for a refresh).",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["part"],
+    )
+    .expect("metric definition is valid");
+    r.register(Box::new(duration.clone()))
+        .expect("metric registered once");
+    ["total", "gateway"].map(|part| duration.with_label_values(&[part]))
+}
+
 fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
     let opts =
         HistogramOpts::new(format!("{PREFIX}{name}"), help).buckets(LATENCY_BUCKETS.to_vec());
@@ -112,22 +131,15 @@ impl Metrics {
         );
         let requests_by_class = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"]
             .map(|class| requests.with_label_values(&[class]));
-        // One name (the DESIGN.md contract), two series told apart by `part`.
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                format!("{PREFIX}request_duration_seconds"),
-                "Request duration in seconds: part=\"total\" from request to response end, \
-                 part=\"gateway\" the time the gateway added before the upstream request \
-                 started (validation, token lookup, waiting for a refresh).",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["part"],
-        )
-        .expect("metric definition is valid");
-        r.register(Box::new(duration.clone()))
-            .expect("metric registered once");
-        let request_duration_total = duration.with_label_values(&["total"]);
-        let request_duration_gateway = duration.with_label_values(&["gateway"]);
+        let [request_duration_total, request_duration_gateway] = durations(r);
+        let refused = counter_vec(
+            r,
+            "connections_refused_total",
+            "Caller connections the proxy listener refused, by reason (max_connections: 503 at \
+             server.max_connections; header_timeout: 408 for a request head slower than \
+             server.header_timeout_ms).",
+            &["reason"],
+        );
         let metrics = Metrics {
             requests_by_class,
             request_duration_total,
@@ -183,35 +195,29 @@ impl Metrics {
                 "connections_open",
                 "Open caller connections on the proxy listener.",
             ),
-            refused: {
-                let refused = counter_vec(
-                    r,
-                    "connections_refused_total",
-                    "Caller connections the proxy listener refused, by reason (max_connections: \
-                     503 at server.max_connections; header_timeout: 408 for a request head \
-                     slower than server.header_timeout_ms).",
-                    &["reason"],
-                );
-                REFUSAL_REASONS.map(|reason| refused.with_label_values(&[reason]))
-            },
+            refused: REFUSAL_REASONS.map(|reason| refused.with_label_values(&[reason])),
             registry,
         };
-        // Closed label sets start at 0: scraped (with their HELP) before the first event, so
-        // that `rate()` and `increase()` also see the first increment.
+        metrics.start_closed_label_sets_at_zero();
+        metrics
+    }
+
+    /// Closed label sets start at 0: scraped (with their HELP) before the first event, so
+    /// that `rate()` and `increase()` also see the first increment.
+    fn start_closed_label_sets_at_zero(&self) {
         for outcome in REPLAY_OUTCOMES {
-            metrics.replays.with_label_values(&[outcome]);
+            self.replays.with_label_values(&[outcome]);
         }
         for grant in REFRESH_GRANTS {
             for outcome in REFRESH_OUTCOMES {
-                metrics.token_refreshes.with_label_values(&[grant, outcome]);
+                self.token_refreshes.with_label_values(&[grant, outcome]);
             }
         }
         for op in STORE_OPS {
             for outcome in STORE_OUTCOMES {
-                metrics.store_operations.with_label_values(&[op, outcome]);
+                self.store_operations.with_label_values(&[op, outcome]);
             }
         }
-        metrics
     }
 
     /// Counts one finished request by its status (0 when nothing was sent).

@@ -35,7 +35,7 @@ pub use listener::ProxyListener;
 pub use pool::{Upstreams, UPSTREAM_IDLE_TIMEOUT};
 
 use crate::config::Settings;
-use crate::error::GatewayError;
+use crate::error::{self, GatewayError};
 use crate::metrics::Metrics;
 use crate::rewrite::{with_query_testmode, LinkRewriter};
 use crate::tokens::{CachedToken, TokenManager};
@@ -222,12 +222,7 @@ impl Gateway {
     /// origin-form (or absolute-form, normalised later), a body above the limit.
     fn check_head(&self, req: &RequestHeader) -> Result<(), GatewayError> {
         headers::check_target(req)?;
-        let length = req
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match length {
+        match headers::content_length(req) {
             Some(n) if n > self.max_body_bytes => {
                 Err(GatewayError::BodyTooLarge(self.max_body_bytes))
             }
@@ -483,26 +478,16 @@ impl Gateway {
             Failure::Gateway(e) => e,
             Failure::Upstream { error, .. } => {
                 tracing::warn!(error = %error, "upstream request failed");
-                let what = error.etype().as_str().to_string();
-                match error.etype() {
-                    ErrorType::ConnectTimedout
-                    | ErrorType::ReadTimedout
-                    | ErrorType::WriteTimedout => GatewayError::UpstreamTimeout(what),
-                    _ => GatewayError::UpstreamUnavailable(what),
-                }
+                error::upstream_failure(&error)
             }
-            Failure::Downstream(error) => match error.etype() {
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::ReadTimedout => {
+            Failure::Downstream(error) => match error::caller_body_failure(&error) {
+                Some(answer) => {
+                    ctx.body_failed = true;
+                    answer
+                }
+                None => {
                     tracing::debug!(error = %error, "the caller went away");
                     return false;
-                }
-                // A malformed body: an invalid chunk, more bytes than `Content-Length`, …
-                _ => {
-                    ctx.body_failed = true;
-                    GatewayError::BadRequest(format!(
-                        "the request body is malformed: {}",
-                        error.etype().as_str()
-                    ))
                 }
             },
         };
@@ -543,13 +528,9 @@ impl Gateway {
         if s.as_http1().is_none() || s.is_body_done() {
             return true; // an HTTP/2 stream ends on its own
         }
-        let length = s
-            .req_header()
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if length.is_some_and(|n| n.saturating_sub(s.body_bytes_read()) > MAX_DISCARD) {
+        let read = s.body_bytes_read() as u64;
+        let length = headers::content_length(s.req_header());
+        if length.is_some_and(|n| n.saturating_sub(read) > MAX_DISCARD as u64) {
             return false;
         }
         let start = s.body_bytes_read();

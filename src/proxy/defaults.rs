@@ -2,10 +2,11 @@
 //! `profileId` on creates. Resolved from the settings once; planned per request.
 
 use crate::config::{Settings, TestMode};
+use crate::proxy::headers::content_length;
 use crate::rewrite::with_body_defaults;
 use crate::types::MerchantId;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::Method;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
@@ -74,11 +75,7 @@ impl Defaults {
         if !testmode && profile.is_none() {
             return Ok(Plan::default());
         }
-        let length = req
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
+        let length = content_length(req).and_then(|n| usize::try_from(n).ok());
         let chunked = req.headers.contains_key(TRANSFER_ENCODING);
         let json = req
             .headers

@@ -181,6 +181,15 @@ pub fn is_ruby_sdk(req: &RequestHeader) -> bool {
         .is_some_and(|ua| memchr::memmem::find(ua.as_bytes(), b" Ruby/").is_some())
 }
 
+/// The request's `Content-Length`, when it has one valid value (pingora rejects requests whose
+/// values differ before they get here).
+pub fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The caller asked for `100 Continue` before sending its body.
 pub fn expects_continue(req: &RequestHeader) -> bool {
     req.headers

@@ -1,0 +1,134 @@
+//! Loading, overriding and validating settings.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn empty_text_gives_defaults() {
+    let s = parse("", &HashMap::new()).unwrap();
+    assert_eq!(s.server.listen, DEFAULT_LISTEN);
+    assert_eq!(s.upstream.base_url, DEFAULT_BASE_URL);
+    assert_eq!(s.merchants.header, DEFAULT_MERCHANT_HEADER);
+    assert!(!s.oauth.is_configured());
+    assert!(s.oauth_setup_hint().unwrap().contains("oauth.client_id"));
+}
+
+#[test]
+fn env_overrides_file() {
+    let s = parse(
+        "[oauth]\nclient_id = \"app_file\"\ntoken_timeout_ms = 100\n",
+        &env(&[
+            ("MOLLIE_GATEWAY__OAUTH__CLIENT_ID", "app_env"),
+            ("MOLLIE_GATEWAY__OAUTH__CLIENT_SECRET", "12345"),
+            ("MOLLIE_GATEWAY__UPSTREAM__READ_TIMEOUT_MS", "1500"),
+            ("UNRELATED", "x"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.oauth.client_id, "app_env");
+    assert_eq!(s.oauth.client_secret.expose(), "12345");
+    assert_eq!(s.oauth.token_timeout_ms, 100);
+    assert_eq!(s.upstream.read_timeout_ms, 1500);
+}
+
+#[test]
+fn unknown_keys_and_sections_are_rejected_all_at_once() {
+    let err = parse(
+        "[server]\nlisen = \"x\"\n[oauth]\nclient_idd = \"a\"\n[bogus]\na = 1\n",
+        &HashMap::new(),
+    )
+    .unwrap_err();
+    let all = err.problems.join("\n");
+    assert_eq!(err.problems.len(), 3, "{all}");
+    assert!(all.contains("lisen"), "{all}");
+    assert!(all.contains("client_idd"), "{all}");
+    assert!(all.contains("[bogus]"), "{all}");
+}
+
+#[test]
+fn every_semantic_problem_is_reported() {
+    let err = parse(
+        "[server]\nlisten = \"nope\"\nthreads = 0\n[upstream]\nbase_url = \"ftp://x\"\n\
+         [oauth]\nclient_secret = \"s\"\n",
+        &HashMap::new(),
+    )
+    .unwrap_err();
+    let all = err.problems.join("\n");
+    assert!(all.contains("server.listen"), "{all}");
+    assert!(all.contains("server.threads"), "{all}");
+    assert!(all.contains("upstream.base_url"), "{all}");
+    assert!(all.contains("oauth.client_id is missing"), "{all}");
+}
+
+#[test]
+fn secret_file_is_read_and_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("secret");
+    std::fs::write(&f, "s3cr3t-from-file\n").unwrap();
+    let s = parse(
+        &format!(
+            "[oauth]\nclient_id = \"app_x\"\nclient_secret_file = {:?}\n",
+            f.display().to_string()
+        ),
+        &HashMap::new(),
+    )
+    .unwrap();
+    assert_eq!(s.oauth.client_secret.expose(), "s3cr3t-from-file");
+    let shown = s.to_masked_toml();
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains("client_secret = \"***\""), "{shown}");
+    assert!(!format!("{s:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn missing_secret_file_is_named() {
+    let err = parse(
+        "[oauth]\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/s\"\n",
+        &HashMap::new(),
+    )
+    .unwrap_err();
+    assert!(err.problems[0].contains("oauth.client_secret_file"));
+}
+
+#[test]
+fn every_file_in_conf_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(Some(&path), &HashMap::new())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
+
+#[test]
+fn the_connection_limits_are_checked() {
+    let s = parse("", &HashMap::new()).unwrap();
+    assert_eq!(s.server.header_timeout_ms, DEFAULT_HEADER_TIMEOUT_MS);
+    assert_eq!(s.server.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(s.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    let err = parse(
+        "[server]\nheader_timeout_ms = 0\nmax_connections = 0\nmax_body_bytes = 0\n",
+        &HashMap::new(),
+    )
+    .unwrap_err();
+    let all = err.problems.join("\n");
+    assert_eq!(err.problems.len(), 3, "{all}");
+    for key in [
+        "server.header_timeout_ms",
+        "server.max_connections",
+        "server.max_body_bytes",
+    ] {
+        assert!(all.contains(key), "{all}");
+    }
+}

@@ -1,0 +1,197 @@
+//! Validation of [`Settings`]: every value checked, every problem reported at once, each
+//! naming its key. One method per section; `oauth.client_secret_file` is resolved here too.
+//! Must not: read the process environment, or stop at the first problem.
+
+use super::{
+    ConfigError, MerchantSettings, OAuthSettings, ServerSettings, Settings, StoreBackend,
+    StoreSettings, UpstreamSettings,
+};
+use crate::types::{MerchantId, Secret};
+use std::net::SocketAddr;
+
+/// Problems found so far.
+type Problems = Vec<String>;
+
+impl Settings {
+    /// Checks every value and resolves `oauth.client_secret_file`; reports all problems.
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
+        let mut p = Problems::new();
+        self.server.validate(&mut p);
+        self.upstream.validate(&mut p);
+        self.oauth.validate(&mut p);
+        self.merchants.validate(&mut p);
+        self.store.validate(&mut p);
+        if p.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError { problems: p })
+        }
+    }
+}
+
+impl ServerSettings {
+    fn validate(&self, p: &mut Problems) {
+        check_addr(p, "server.listen", &self.listen);
+        check_addr(p, "server.admin_listen", &self.admin_listen);
+        if self.listen == self.admin_listen {
+            p.push("server.admin_listen must differ from server.listen".into());
+        }
+        match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                check_readable(p, "server.tls_cert", &self.tls_cert);
+                check_readable(p, "server.tls_key", &self.tls_key);
+            }
+            _ => p.push("server.tls_cert and server.tls_key must be set together".into()),
+        }
+        check_range(p, "server.threads", self.threads as u64, 1, 256);
+        check_range(
+            p,
+            "server.max_connections",
+            self.max_connections as u64,
+            1,
+            10_000_000,
+        );
+        check_range(p, "server.max_body_bytes", self.max_body_bytes, 1, u64::MAX);
+        check_ms(p, "server.header_timeout_ms", self.header_timeout_ms);
+    }
+}
+
+impl UpstreamSettings {
+    fn validate(&self, p: &mut Problems) {
+        if !self.ca_file.is_empty() {
+            check_readable(p, "upstream.ca_file", &self.ca_file);
+        }
+        check_url(p, "upstream.base_url", &self.base_url, false);
+        check_url(p, "upstream.token_url", &self.token_url, false);
+        check_url(p, "upstream.public_base_url", &self.public_base_url, true);
+        check_ms(p, "upstream.connect_timeout_ms", self.connect_timeout_ms);
+        check_ms(p, "upstream.read_timeout_ms", self.read_timeout_ms);
+    }
+}
+
+impl OAuthSettings {
+    fn validate(&mut self, p: &mut Problems) {
+        check_url(p, "oauth.authorize_url", &self.authorize_url, false);
+        check_url(p, "oauth.redirect_uri", &self.redirect_uri, true);
+        check_ms(p, "oauth.token_timeout_ms", self.token_timeout_ms);
+        check_ms(p, "oauth.backoff_min_ms", self.backoff_min_ms);
+        if self.backoff_max_ms < self.backoff_min_ms || self.backoff_max_ms > 3_600_000 {
+            p.push(format!(
+                "oauth.backoff_max_ms must be between oauth.backoff_min_ms ({}) and 3600000, not {}",
+                self.backoff_min_ms, self.backoff_max_ms
+            ));
+        }
+        self.resolve_client_secret(p);
+        if self.client_id.is_empty() && !self.client_secret.is_empty() {
+            p.push(
+                "oauth.client_id is missing while a client secret is set: set oauth.client_id \
+                 (MOLLIE_GATEWAY__OAUTH__CLIENT_ID) to your Mollie app's id (app_…)"
+                    .into(),
+            );
+        }
+    }
+
+    fn resolve_client_secret(&mut self, p: &mut Problems) {
+        if self.client_secret_file.is_empty() {
+            return;
+        }
+        if !self.client_secret.is_empty() {
+            p.push("set only one of oauth.client_secret and oauth.client_secret_file".into());
+            return;
+        }
+        match std::fs::read_to_string(&self.client_secret_file) {
+            Ok(text) if !text.trim().is_empty() => {
+                self.client_secret = Secret::new(text.trim());
+            }
+            Ok(_) => p.push(format!(
+                "oauth.client_secret_file {} is empty",
+                self.client_secret_file
+            )),
+            Err(e) => p.push(format!(
+                "oauth.client_secret_file {} cannot be read: {e}",
+                self.client_secret_file
+            )),
+        }
+    }
+}
+
+impl MerchantSettings {
+    fn validate(&self, p: &mut Problems) {
+        if http::HeaderName::from_bytes(self.header.as_bytes()).is_err() {
+            p.push(format!(
+                "merchants.header {:?} is not a valid HTTP header name",
+                self.header
+            ));
+        } else if self.header.eq_ignore_ascii_case("authorization")
+            || self.header.eq_ignore_ascii_case("host")
+        {
+            p.push("merchants.header may not be Authorization or Host".into());
+        }
+        for id in self.defaults.keys() {
+            if let Err(e) = MerchantId::parse(id) {
+                p.push(format!("[merchants.defaults.{id}]: merchant id {e}"));
+            }
+        }
+    }
+}
+
+impl StoreSettings {
+    fn validate(&self, p: &mut Problems) {
+        if self.path.as_os_str().is_empty() {
+            p.push("store.path must not be empty".into());
+        }
+        if self.backend == StoreBackend::Redis {
+            p.push(
+                "store.backend = \"redis\" is not available in this version; use \"file\"".into(),
+            );
+        }
+    }
+}
+
+fn check_addr(p: &mut Problems, key: &str, value: &str) {
+    if value.parse::<SocketAddr>().is_err() {
+        p.push(format!(
+            "{key} {value:?} is not an ip:port address (e.g. 127.0.0.1:8080)"
+        ));
+    }
+}
+
+fn check_readable(p: &mut Problems, key: &str, path: &str) {
+    if let Err(e) = std::fs::metadata(path) {
+        p.push(format!("{key} {path} cannot be read: {e}"));
+    }
+}
+
+fn check_range(p: &mut Problems, key: &str, value: u64, min: u64, max: u64) {
+    if !(min..=max).contains(&value) {
+        match max {
+            u64::MAX => p.push(format!("{key} must be at least {min}, not {value}")),
+            _ => p.push(format!("{key} must be {min} to {max}, not {value}")),
+        }
+    }
+}
+
+/// A duration in milliseconds: 1 ms to 10 minutes.
+fn check_ms(p: &mut Problems, key: &str, ms: u64) {
+    if ms == 0 || ms > 600_000 {
+        p.push(format!("{key} must be 1 to 600000 (ms), not {ms}"));
+    }
+}
+
+fn check_url(p: &mut Problems, key: &str, value: &str, optional: bool) {
+    if value.is_empty() {
+        if !optional {
+            p.push(format!("{key} must be set"));
+        }
+        return;
+    }
+    match url::Url::parse(value) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {}
+        Ok(u) => p.push(format!(
+            "{key} {value:?} must be an http:// or https:// URL with a host, not {}:",
+            u.scheme()
+        )),
+        Err(e) => p.push(format!("{key} {value:?} is not a URL: {e}")),
+    }
+}
