@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::oauth::HttpTokenEndpoint;
 use crate::onboarding::Onboarding;
-use crate::proxy::{Gateway, ProxyListener, Upstreams};
+use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::store::file::FileStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
@@ -132,6 +132,14 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     if let Some(hint) = s.oauth_setup_hint() {
         tracing::warn!("{hint}; until then proxied requests are answered 503 oauth_misconfigured");
     }
+    if let Some(open) = s.open_gateway_warning() {
+        if s.server.require_client_keys {
+            return Err(StartError(format!(
+                "server.require_client_keys is true, but {open}"
+            )));
+        }
+        tracing::warn!("{open}");
+    }
 
     let opt = Opt {
         upgrade,
@@ -142,12 +150,14 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     let upstreams = Upstreams::new(Some(
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
+    let live = Arc::new(Live::from_settings(s, &parts.metrics).map_err(StartError)?);
     let gateway = Gateway::new(
         parts.tokens.clone(),
         parts.upstream.clone(),
         s,
         parts.metrics.clone(),
         upstreams,
+        live,
     )
     .map_err(StartError)?;
     let listener = ProxyListener::new(

@@ -23,6 +23,7 @@ pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 5;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_CLIENT_KEY_HEADER: &str = "X-Gateway-Key";
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/mollie-gateway-upgrade.sock";
 pub const DEFAULT_PID_FILE: &str = "/tmp/mollie-gateway.pid";
 pub const DEFAULT_BASE_URL: &str = "https://api.mollie.com";
@@ -63,6 +64,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub oauth: OAuthSettings,
     pub merchants: MerchantSettings,
+    /// `[clients.<name>]`: the callers allowed to act for merchants; none = open.
+    pub clients: BTreeMap<String, ClientSettings>,
     pub store: StoreSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
@@ -95,6 +98,10 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Largest request body forwarded; larger ones get 413 (Mollie's requests are far smaller).
     pub max_body_bytes: u64,
+    /// Where callers that cannot set `Authorization` put their gateway key (removed upstream).
+    pub client_key_header: String,
+    /// Refuse to start without any `[clients]` (true in `conf/production.toml`).
+    pub require_client_keys: bool,
 }
 
 impl Default for ServerSettings {
@@ -112,6 +119,8 @@ impl Default for ServerSettings {
             header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            client_key_header: DEFAULT_CLIENT_KEY_HEADER.into(),
+            require_client_keys: false,
         }
     }
 }
@@ -260,6 +269,18 @@ pub struct MerchantDefaults {
     pub testmode: TestMode,
 }
 
+/// One calling service (`[clients.<name>]`, DESIGN.md §8).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSettings {
+    /// Hex SHA-256 of each accepted key (several: rotation without downtime). Never the key.
+    pub key_sha256: Vec<String>,
+    /// Merchant ids this client may act for, or `["*"]` for all.
+    pub merchants: Vec<String>,
+    /// Used when a request names no merchant; must be allowed by `merchants`.
+    pub default_merchant: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
@@ -391,6 +412,7 @@ pub fn parse(toml_text: &str, env: &HashMap<String, String>) -> Result<Settings,
     section(&raw, "upstream", &mut settings.upstream, &mut problems);
     section(&raw, "oauth", &mut settings.oauth, &mut problems);
     section(&raw, "merchants", &mut settings.merchants, &mut problems);
+    section(&raw, "clients", &mut settings.clients, &mut problems);
     section(&raw, "store", &mut settings.store, &mut problems);
     section(&raw, "admin", &mut settings.admin, &mut problems);
     section(&raw, "log", &mut settings.log, &mut problems);
@@ -400,11 +422,12 @@ pub fn parse(toml_text: &str, env: &HashMap<String, String>) -> Result<Settings,
     settings.validate()
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "server",
     "upstream",
     "oauth",
     "merchants",
+    "clients",
     "store",
     "admin",
     "log",
@@ -443,6 +466,15 @@ impl Settings {
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(&self.masked())
             .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// Said at start-up, by `check-config` and `/readyz` while no `[clients]` are configured.
+    pub fn open_gateway_warning(&self) -> Option<String> {
+        self.clients.is_empty().then(|| {
+            "no [clients.<name>] is configured: any caller that reaches the proxy listener may \
+             act for every merchant (make a client key with `mollie-gateway clients new NAME`)"
+                .to_string()
+        })
     }
 
     /// What an operator still has to configure before merchants can be served, if anything.

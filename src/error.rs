@@ -17,6 +17,11 @@ pub enum GatewayError {
     /// The merchant header is missing, empty, repeated or malformed; the text says which.
     #[error("the {header} header {problem}")]
     MerchantHeader { header: String, problem: String },
+    #[error("no valid gateway key: send your client's key as the API key (Authorization: Bearer …) or in {0}")]
+    CallerUnauthenticated(String),
+    /// The caller's key may not act for that merchant, or not on live data.
+    #[error("{0}")]
+    CallerForbidden(String),
     #[error("no credentials are stored for merchant {0}; onboard it first")]
     UnknownMerchant(String),
     #[error(
@@ -67,7 +72,10 @@ impl GatewayError {
             GatewayError::RequestTimeout(_) => 408,
             GatewayError::BodyTooLarge(_) => 413,
             GatewayError::Internal(_) => 500,
-            GatewayError::UnknownMerchant(_) | GatewayError::AuthorizationRevoked(_) => 401,
+            GatewayError::UnknownMerchant(_)
+            | GatewayError::AuthorizationRevoked(_)
+            | GatewayError::CallerUnauthenticated(_) => 401,
+            GatewayError::CallerForbidden(_) => 403,
             GatewayError::TokenEndpointUnavailable { .. }
             | GatewayError::OAuthMisconfigured { .. }
             | GatewayError::StoreUnavailable(_)
@@ -82,6 +90,8 @@ impl GatewayError {
         match self {
             GatewayError::MerchantHeader { .. } => "merchant_header",
             GatewayError::UnknownMerchant(_) => "unknown_merchant",
+            GatewayError::CallerUnauthenticated(_) => "caller_unauthenticated",
+            GatewayError::CallerForbidden(_) => "caller_forbidden",
             GatewayError::AuthorizationRevoked(_) => "authorization_revoked",
             GatewayError::TokenEndpointUnavailable { .. } => "token_endpoint_unavailable",
             GatewayError::TokenEndpointBadResponse(_) => "token_endpoint_bad_response",

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: typed settings from `conf/gateway.toml` + `MOLLIE_GATEWAY__…` env, validated.
 //! - [`types`]: `MerchantId` and the secret newtypes (`***` in every `Debug`).
+//! - [`clients`]: callers' gateway keys (hashes only) and merchant allowlists.
 //! - [`error`]: the gateway's own errors → status, `X-Gateway-Error`, Mollie-shaped body.
 //! - [`upstream`]: upstream/token endpoint URLs and their asynchronous DNS.
 //! - [`oauth`]: the token endpoint client (both grants).
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod admin_api;
 pub mod app;
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod metrics;

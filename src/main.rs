@@ -3,6 +3,7 @@
 //! - `run` (default): serve the proxy (see `app::build_server`).
 //! - `merchants add ID (--refresh-token T | --code C [--redirect-uri U])`, `merchants list`,
 //!   `merchants remove ID`: act on the configured credential store.
+//! - `clients new NAME [--merchants m1,m2] [--test]`: a new gateway key for a calling service.
 //! - `check-config`: validate and print the effective configuration, secrets masked.
 //!
 //! Every subcommand takes `--config PATH` (default `conf/gateway.toml`, or
@@ -10,6 +11,7 @@
 
 use clap::{Parser, Subcommand};
 use mollie_gateway::app::{self, Parts, StartError};
+use mollie_gateway::clients;
 use mollie_gateway::config::{self, LogFormat, Settings, Source};
 use mollie_gateway::types::{MerchantId, RefreshToken, Secret};
 use std::collections::HashMap;
@@ -47,6 +49,9 @@ enum Command {
     /// Manage merchants in the credential store.
     #[command(subcommand)]
     Merchants(MerchantsCommand),
+    /// Make gateway keys for calling services (`[clients.<name>]`).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
     /// Validate the configuration and print it, secrets masked.
     CheckConfig,
 }
@@ -70,6 +75,20 @@ enum MerchantsCommand {
     List,
     /// Remove a merchant from the store.
     Remove { id: String },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Print a new random key (once) and the `[clients.NAME]` lines holding its hash.
+    New {
+        name: String,
+        /// Merchant ids the client may act for, comma-separated (default: all, `*`).
+        #[arg(long, value_delimiter = ',')]
+        merchants: Vec<String>,
+        /// A `test_` key: confined to test data.
+        #[arg(long)]
+        test: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,9 +116,17 @@ fn main() -> ExitCode {
             if let Some(hint) = settings.oauth_setup_hint() {
                 eprintln!("note: {hint}");
             }
+            if let Some(open) = settings.open_gateway_warning() {
+                eprintln!("note: {open}");
+            }
             Ok(())
         }
         Command::Merchants(cmd) => merchants(settings, cmd),
+        Command::Clients(ClientsCommand::New {
+            name,
+            merchants,
+            test,
+        }) => new_client(&name, merchants, test),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,6 +184,51 @@ fn secret_arg(value: String, what: &str) -> Result<String, StartError> {
         return Err(StartError(format!("the {what} on standard input is empty")));
     }
     Ok(trimmed.to_string())
+}
+
+/// `clients new`: the key on stdout once, then the configuration lines (hash only).
+fn new_client(name: &str, merchants: Vec<String>, test: bool) -> Result<(), StartError> {
+    let merchants = if merchants.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        merchants
+    };
+    let entry = config::ClientSettings {
+        key_sha256: Vec::new(),
+        merchants: merchants.clone(),
+        default_merchant: String::new(),
+    };
+    let mut check = Settings::default();
+    check.clients.insert(name.to_string(), entry);
+    if let Err(e) = check.validate() {
+        // Only the name and the merchant ids can be wrong here (the hash is added below).
+        let problems: Vec<_> = e
+            .problems
+            .into_iter()
+            .filter(|p| !p.contains("key_sha256"))
+            .collect();
+        if !problems.is_empty() {
+            return Err(StartError(problems.join("; ")));
+        }
+    }
+    let key = clients::new_key(test)
+        .map_err(|_| StartError("the system's random number generator failed".into()))?;
+    let list = merchants
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("{key}");
+    println!(
+        "# ^ the key of client {name}, shown only now: put it in the service's Mollie API key \
+         setting.\n# Add to the gateway's configuration:\n[clients.{name}]\n\
+         key_sha256 = [\"{}\"]\nmerchants = [{list}]",
+        clients::sha256_hex(&key)
+    );
+    if merchants.iter().any(|m| m == "*") {
+        println!("# merchants = [\"*\"] lets it act for every merchant; list ids to narrow it.");
+    }
+    Ok(())
 }
 
 fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError> {

@@ -38,8 +38,11 @@ pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "header_timeout"];
 
 pub struct Metrics {
     pub registry: Registry,
-    /// `status_class` handles, indexed by the status' first digit (0 = no response).
-    requests_by_class: [IntCounter; 6],
+    /// `requests_total`, labelled by client and status class.
+    requests: IntCounterVec,
+    /// The handles of requests without a client (open gateway, or refused before one was
+    /// known): `client="-"`.
+    anonymous: RequestCounters,
     pub request_duration_total: Histogram,
     pub request_duration_gateway: Histogram,
     pub upstream_401: IntCounter,
@@ -55,6 +58,24 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// `reason` handles of `connections_refused_total`, in [`REFUSAL_REASONS`] order.
     refused: [IntCounter; 2],
+}
+
+/// One client's `requests_total` series, indexed by the status' first digit (0 = no response).
+#[derive(Clone)]
+pub struct RequestCounters([IntCounter; 6]);
+
+impl RequestCounters {
+    fn new(requests: &IntCounterVec, client: &str) -> RequestCounters {
+        RequestCounters(
+            ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| requests.with_label_values(&[client, class])),
+        )
+    }
+
+    /// Counts one finished request by its status (0 when nothing was sent).
+    pub fn observe(&self, status: u16) {
+        self.0[usize::from(status / 100).min(5)].inc();
+    }
 }
 
 /// Why the proxy listener refused a connection.
@@ -126,11 +147,11 @@ impl Metrics {
         let requests = counter_vec(
             r,
             "requests_total",
-            "Proxied requests by response status class (1xx..5xx; 0 = no response sent).",
-            &["status_class"],
+            "Proxied requests by calling client ([clients.<name>]; - = none) and response \
+             status class (1xx..5xx; 0xx = no response sent).",
+            &["client", "status_class"],
         );
-        let requests_by_class = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"]
-            .map(|class| requests.with_label_values(&[class]));
+        let anonymous = RequestCounters::new(&requests, "-");
         let [request_duration_total, request_duration_gateway] = durations(r);
         let refused = counter_vec(
             r,
@@ -141,7 +162,8 @@ impl Metrics {
             &["reason"],
         );
         let metrics = Metrics {
-            requests_by_class,
+            requests,
+            anonymous,
             request_duration_total,
             request_duration_gateway,
             upstream_401: counter(
@@ -220,10 +242,14 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished request by its status (0 when nothing was sent).
+    /// Counts one finished request without a client by its status (0 when nothing was sent).
     pub fn observe_request(&self, status: u16) {
-        let class = usize::from(status / 100).min(5);
-        self.requests_by_class[class].inc();
+        self.anonymous.observe(status);
+    }
+
+    /// The `requests_total` handles of one client, resolved once (when clients are loaded).
+    pub fn requests_for(&self, client: &str) -> RequestCounters {
+        RequestCounters::new(&self.requests, client)
     }
 
     /// Counts one refused connection.
@@ -259,10 +285,16 @@ mod tests {
         m.observe_request(503);
         m.observe_request(0);
         m.replays.with_label_values(&["replayed"]).inc();
+        m.requests_for("billing").observe(204);
         let text = m.render();
-        assert!(text.contains("mollie_gateway_requests_total{status_class=\"2xx\"} 1"));
-        assert!(text.contains("mollie_gateway_requests_total{status_class=\"5xx\"} 1"));
-        assert!(text.contains("mollie_gateway_requests_total{status_class=\"0xx\"} 1"));
+        for sample in [
+            "mollie_gateway_requests_total{client=\"-\",status_class=\"2xx\"} 1",
+            "mollie_gateway_requests_total{client=\"-\",status_class=\"5xx\"} 1",
+            "mollie_gateway_requests_total{client=\"-\",status_class=\"0xx\"} 1",
+            "mollie_gateway_requests_total{client=\"billing\",status_class=\"2xx\"} 1",
+        ] {
+            assert!(text.contains(sample), "{sample} missing in\n{text}");
+        }
         assert!(text.contains("mollie_gateway_replays_total{outcome=\"replayed\"} 1"));
     }
 

@@ -22,6 +22,7 @@
 //! was read, absent, or small enough to drain (64 KiB); otherwise, and after an error that
 //! left an `Expect: 100-continue` unanswered, the connection closes.
 
+mod caller;
 mod defaults;
 mod exchange;
 pub mod headers;
@@ -29,20 +30,22 @@ mod listener;
 mod pool;
 mod response;
 
-pub use defaults::MAX_REWRITE_BODY;
+pub use defaults::{Defaults, MAX_REWRITE_BODY};
 pub use headers::rewrite_upstream_headers;
 pub use listener::ProxyListener;
 pub use pool::{Upstreams, UPSTREAM_IDLE_TIMEOUT};
 
+use crate::clients::{Client, Clients};
 use crate::config::Settings;
 use crate::error::{self, GatewayError};
 use crate::metrics::Metrics;
 use crate::rewrite::{with_query_testmode, LinkRewriter};
 use crate::tokens::{CachedToken, TokenManager};
-use crate::types::{MerchantId, MerchantIdError};
+use crate::types::MerchantId;
 use crate::upstream::Endpoint;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use defaults::{Defaults, Plan};
+use defaults::{Plan, PlanError};
 use exchange::{Attempt, History, Next};
 use headers::{expects_continue, is_ruby_sdk, strip_hop_by_hop, REQUEST_ID};
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -77,7 +80,10 @@ pub struct Gateway {
     /// `server.max_body_bytes`.
     max_body_bytes: u64,
     metrics: Arc<Metrics>,
-    defaults: Defaults,
+    /// `server.client_key_header`: removed upstream like `Authorization`.
+    client_key_header: HeaderName,
+    /// What SIGHUP reloads.
+    live: Arc<Live>,
     /// (upstream base, public base) when `upstream.public_base_url` is set.
     links: Option<(String, String)>,
     /// Pooled upstream connections (`upstream.keepalive_pool_size`, `ca_file`).
@@ -87,12 +93,31 @@ pub struct Gateway {
     shutdown: Notify,
 }
 
+/// The part of the configuration a reload (SIGHUP) replaces while requests run: the clients
+/// and the merchants' request defaults. Each request loads them once.
+pub struct Live {
+    pub clients: ArcSwap<Clients>,
+    pub defaults: ArcSwap<Defaults>,
+}
+
+impl Live {
+    /// From validated settings.
+    pub fn from_settings(settings: &Settings, metrics: &Metrics) -> Result<Live, String> {
+        Ok(Live {
+            clients: ArcSwap::from_pointee(Clients::from_settings(&settings.clients, metrics)?),
+            defaults: ArcSwap::from_pointee(Defaults::from_settings(settings)?),
+        })
+    }
+}
+
 /// Per-request state, for the exchange, the metrics and the access log.
 struct RequestCtx {
     started: Instant,
     /// The caller's sane `X-Request-Id`, or a generated one.
     request_id: HeaderValue,
     merchant: Option<MerchantId>,
+    /// The authenticated client (`None`: open gateway, or not authenticated).
+    client: Option<Arc<Client>>,
     /// `100 Continue` was sent.
     continued: bool,
     /// Reading the caller's body failed (malformed, too large): its connection cannot be
@@ -130,6 +155,7 @@ impl Gateway {
         settings: &Settings,
         metrics: Arc<Metrics>,
         upstreams: Upstreams,
+        live: Arc<Live>,
     ) -> Result<Gateway, String> {
         let merchant_header = settings.merchants.header.as_str();
         let public = settings.upstream.public_base_url.trim_end_matches('/');
@@ -139,8 +165,11 @@ impl Gateway {
                 public.to_string(),
             )
         });
+        let key_header = settings.server.client_key_header.as_str();
         Ok(Gateway {
-            defaults: Defaults::from_settings(settings)?,
+            client_key_header: HeaderName::from_bytes(key_header.as_bytes())
+                .map_err(|_| format!("{key_header} is not a header name"))?,
+            live,
             links,
             tokens,
             upstream_host: HeaderValue::from_str(&upstream.authority)
@@ -166,6 +195,7 @@ impl Gateway {
             started: Instant::now(),
             request_id: headers::request_id(s.req_header()),
             merchant: None,
+            client: None,
             continued: false,
             body_failed: false,
             upstream_started: None,
@@ -191,7 +221,17 @@ impl Gateway {
         if let Err(e) = self.check_head(s.req_header()) {
             return self.respond(s, ctx, e).await;
         }
-        let merchant = match self.merchant(s.req_header()) {
+        let caller = caller::identify(
+            &self.live.clients.load(),
+            s.req_header(),
+            &self.client_key_header,
+        );
+        let caller = match caller {
+            Ok(caller) => caller,
+            Err(e) => return self.respond(s, ctx, e).await,
+        };
+        ctx.client = caller.client.clone();
+        let merchant = match caller.merchant(s.req_header(), &self.merchant_header) {
             Ok(m) => m,
             Err(e) => return self.respond(s, ctx, e).await,
         };
@@ -207,9 +247,15 @@ impl Gateway {
             ctx.continued = true;
         }
         s.enable_retry_buffering();
-        let plan = match self.defaults.plan(s, &merchant).await {
+        let defaults = self.live.defaults.load_full();
+        let plan = match defaults.plan(s, &merchant, caller.key).await {
             Ok(plan) => plan,
-            Err(e) => return self.fail(s, ctx, Failure::Downstream(e)).await,
+            Err(PlanError::Body(e)) => return self.fail(s, ctx, Failure::Downstream(e)).await,
+            Err(PlanError::Forbidden(why)) => {
+                return self
+                    .respond(s, ctx, GatewayError::CallerForbidden(why))
+                    .await
+            }
         };
         let out = match self.outbound(s, ctx, &token, plan) {
             Ok(out) => out,
@@ -228,24 +274,6 @@ impl Gateway {
             }
             _ => Ok(()),
         }
-    }
-
-    /// The merchant named by the request: exactly one valid header.
-    fn merchant(&self, req: &RequestHeader) -> Result<MerchantId, GatewayError> {
-        let mut values = req.headers.get_all(&self.merchant_header).iter();
-        let problem = match (values.next(), values.next()) {
-            (None, _) => "is missing".to_string(),
-            (Some(_), Some(_)) => "is repeated; send it once".to_string(),
-            (Some(v), None) => match MerchantId::parse_bytes(v.as_bytes()) {
-                Ok(id) => return Ok(id),
-                Err(MerchantIdError::Empty) => "is empty".to_string(),
-                Err(e) => e.to_string(),
-            },
-        };
-        Err(GatewayError::MerchantHeader {
-            header: self.merchant_header.to_string(),
-            problem,
-        })
     }
 
     /// The upstream peer and head, built once for every attempt of this request.
@@ -268,6 +296,7 @@ impl Gateway {
             has_body,
         )
         .map_err(|e| Failure::Gateway(GatewayError::BadRequest(e.to_string())))?;
+        head.remove_header(&self.client_key_header);
         if plan.query_testmode {
             if let Some(uri) = with_query_testmode(&head.uri) {
                 head.set_uri(uri);
@@ -551,7 +580,10 @@ impl Gateway {
     fn log(&self, s: &ServerSession, ctx: &RequestCtx) {
         let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let m = &self.metrics;
-        m.observe_request(status);
+        match &ctx.client {
+            Some(client) => client.requests.observe(status),
+            None => m.observe_request(status),
+        }
         let total = ctx.started.elapsed();
         m.request_duration_total.observe(total.as_secs_f64());
         let gateway = ctx.upstream_started.map(|t| t.duration_since(ctx.started));
@@ -571,6 +603,7 @@ impl Gateway {
             path = req.uri.path(),
             status,
             merchant = ctx.merchant.as_ref().map(MerchantId::as_str).unwrap_or("-"),
+            client = ctx.client.as_ref().map(|c| &*c.name).unwrap_or("-"),
             request_id = ctx.request_id.to_str().unwrap_or("-"),
             upstream_status = ctx.upstream_status.unwrap_or(0),
             duration_us = total.as_micros() as u64,

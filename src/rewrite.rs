@@ -32,6 +32,26 @@ pub fn with_query_testmode(uri: &Uri) -> Option<Uri> {
     target.parse().ok()
 }
 
+/// Whether a request asks for live data: a `testmode` query parameter, or top-level JSON body
+/// key, that is anything but `true`. A body that is not a JSON object with unique top-level
+/// keys counts as asking (it cannot be shown not to).
+pub fn asks_for_live(query: Option<&str>, body: Option<&[u8]>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        testmode: Option<serde_json::Value>,
+    }
+    let in_query = query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "testmode" && v != "true")
+    });
+    let in_body = body.is_some_and(|b| match serde_json::from_slice::<Probe>(b) {
+        Ok(p) => p
+            .testmode
+            .is_some_and(|v| v != serde_json::Value::Bool(true)),
+        Err(_) => true,
+    });
+    in_query || in_body
+}
+
 /// The JSON object `body` with `"testmode":true` and/or `"profileId":"…"` added at its top
 /// level where absent. `None` when nothing is to be added or the body is not a JSON object.
 pub fn with_body_defaults(body: &[u8], testmode: bool, profile_id: Option<&str>) -> Option<Bytes> {
@@ -194,6 +214,29 @@ impl LinkRewriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_testmode_true_or_none_keeps_a_request_in_test_data() {
+        assert!(!asks_for_live(None, None));
+        assert!(!asks_for_live(
+            Some("limit=5&testmode=true"),
+            Some(br#"{"a":1}"#)
+        ));
+        assert!(!asks_for_live(
+            None,
+            Some(br#"{"testmode":true,"b":{"testmode":false}}"#)
+        ));
+        assert!(asks_for_live(Some("testmode=false"), None));
+        assert!(asks_for_live(Some("testmode=true&testmode=0"), None));
+        assert!(asks_for_live(None, Some(br#"{"testmode":false}"#)));
+        assert!(asks_for_live(None, Some(br#"{"testmode":"true"}"#)));
+        // Duplicate keys (the upstream may take the last), or no JSON object at all.
+        assert!(asks_for_live(
+            None,
+            Some(br#"{"testmode":true,"testmode":false}"#)
+        ));
+        assert!(asks_for_live(None, Some(b"[1]")));
+    }
 
     #[test]
     fn query_testmode_added_unless_present() {

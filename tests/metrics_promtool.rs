@@ -132,8 +132,14 @@ async fn metrics_after_real_traffic_pass_promtool() {
     assert_eq!(get(None).await.unwrap().status(), 400);
 
     let text = metrics_when(&gw, |t| {
-        metric_value(t, r#"mollie_gateway_requests_total{status_class="4xx"}"#) == 2.0
-            && metric_value(t, r#"mollie_gateway_requests_total{status_class="2xx"}"#) == 4.0
+        metric_value(
+            t,
+            r#"mollie_gateway_requests_total{client="-",status_class="4xx"}"#,
+        ) == 2.0
+            && metric_value(
+                t,
+                r#"mollie_gateway_requests_total{client="-",status_class="2xx"}"#,
+            ) == 4.0
     })
     .await;
 
@@ -146,15 +152,15 @@ async fn metrics_after_real_traffic_pass_promtool() {
 
     let v = |sample: &str| metric_value(&text, sample);
     assert_eq!(
-        v(r#"mollie_gateway_requests_total{status_class="2xx"}"#),
+        v(r#"mollie_gateway_requests_total{client="-",status_class="2xx"}"#),
         4.0
     );
     assert_eq!(
-        v(r#"mollie_gateway_requests_total{status_class="4xx"}"#),
+        v(r#"mollie_gateway_requests_total{client="-",status_class="4xx"}"#),
         2.0
     );
     assert_eq!(
-        v(r#"mollie_gateway_requests_total{status_class="5xx"}"#),
+        v(r#"mollie_gateway_requests_total{client="-",status_class="5xx"}"#),
         0.0
     );
     assert_eq!(

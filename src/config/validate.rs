@@ -3,8 +3,8 @@
 //! Must not: read the process environment, or stop at the first problem.
 
 use super::{
-    ConfigError, MerchantSettings, OAuthSettings, ServerSettings, Settings, StoreBackend,
-    StoreSettings, UpstreamSettings,
+    ClientSettings, ConfigError, MerchantSettings, OAuthSettings, ServerSettings, Settings,
+    StoreBackend, StoreSettings, UpstreamSettings,
 };
 use crate::types::{MerchantId, Secret};
 use std::net::SocketAddr;
@@ -20,6 +20,14 @@ impl Settings {
         self.upstream.validate(&mut p);
         self.oauth.validate(&mut p);
         self.merchants.validate(&mut p);
+        for (name, client) in &self.clients {
+            client.validate(name, &mut p);
+        }
+        check_key_header(
+            &mut p,
+            &self.server.client_key_header,
+            &self.merchants.header,
+        );
         self.store.validate(&mut p);
         if p.is_empty() {
             Ok(self)
@@ -136,6 +144,51 @@ impl MerchantSettings {
     }
 }
 
+impl ClientSettings {
+    fn validate(&self, name: &str, p: &mut Problems) {
+        let key = format!("[clients.{name}]");
+        let name_ok = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            p.push(format!(
+                "{key}: a client name is 1 to 64 letters, digits, `_` or `-` (it is a metric label)"
+            ));
+        }
+        if self.key_sha256.is_empty() {
+            p.push(format!(
+                "{key}: key_sha256 is empty; `mollie-gateway clients new {name}` makes a key"
+            ));
+        }
+        for hash in &self.key_sha256 {
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                p.push(format!(
+                    "{key}: key_sha256 entries are 64 hex digits (the SHA-256 of a key, never the \
+                     key itself)"
+                ));
+            }
+        }
+        if self.merchants.is_empty() {
+            p.push(format!(
+                "{key}: merchants is empty (list ids, or [\"*\"] for all)"
+            ));
+        }
+        for id in self.merchants.iter().filter(|m| *m != "*") {
+            if let Err(e) = MerchantId::parse(id) {
+                p.push(format!("{key}: merchant id {id:?} {e}"));
+            }
+        }
+        let default = self.default_merchant.as_str();
+        let allowed = self.merchants.iter().any(|m| m == "*" || m == default);
+        if !default.is_empty() && !allowed {
+            p.push(format!(
+                "{key}: default_merchant {default:?} is not in its merchants"
+            ));
+        }
+    }
+}
+
 impl StoreSettings {
     fn validate(&self, p: &mut Problems) {
         if self.path.as_os_str().is_empty() {
@@ -154,6 +207,21 @@ fn check_addr(p: &mut Problems, key: &str, value: &str) {
         p.push(format!(
             "{key} {value:?} is not an ip:port address (e.g. 127.0.0.1:8080)"
         ));
+    }
+}
+
+fn check_key_header(p: &mut Problems, header: &str, merchant_header: &str) {
+    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        p.push(format!(
+            "server.client_key_header {header:?} is not a valid HTTP header name"
+        ));
+    } else if ["authorization", "host", merchant_header]
+        .iter()
+        .any(|h| header.eq_ignore_ascii_case(h))
+    {
+        p.push(
+            "server.client_key_header may not be Authorization, Host or merchants.header".into(),
+        );
     }
 }
 

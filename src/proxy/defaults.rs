@@ -3,10 +3,10 @@
 
 use crate::config::{Settings, TestMode};
 use crate::proxy::headers::content_length;
-use crate::rewrite::with_body_defaults;
+use crate::rewrite::{asks_for_live, with_body_defaults};
 use crate::types::MerchantId;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::header::{CONTENT_TYPE, TRANSFER_ENCODING};
 use http::Method;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
@@ -57,17 +57,30 @@ impl Defaults {
 
     /// Works out what this request needs added. A JSON body that needs it is read now (up to
     /// [`MAX_REWRITE_BODY`]), so its new length is known before the header goes upstream.
-    pub async fn plan(&self, session: &mut ServerSession, merchant: &MerchantId) -> Result<Plan> {
+    /// A confined caller (a client's `test_` key) gets test data only: testmode is forced,
+    /// and a request for live data, or one whose body cannot be kept in test mode, is refused.
+    pub async fn plan(
+        &self,
+        session: &mut ServerSession,
+        merchant: &MerchantId,
+        key: KeyMode,
+    ) -> Result<Plan, PlanError> {
         let d = self.0.get(merchant);
         let req = session.req_header();
-        let testmode = match d.map(|d| d.testmode).unwrap_or_default() {
-            TestMode::Always => true,
-            TestMode::Never => false,
-            TestMode::FromKey => req
-                .headers
-                .get(AUTHORIZATION)
-                .is_some_and(|v| v.as_bytes().starts_with(b"Bearer test_")),
+        let testmode = match (d.map(|d| d.testmode).unwrap_or_default(), key.confined) {
+            (TestMode::Never, true) => {
+                return Err(PlanError::Forbidden(format!(
+                    "a test key acts on test data only, and merchant {merchant} is configured \
+                     for live data (testmode = \"never\")"
+                )))
+            }
+            (_, true) | (TestMode::Always, false) => true,
+            (TestMode::Never, false) => false,
+            (TestMode::FromKey, false) => key.test,
         };
+        if key.confined && asks_for_live(req.uri.query(), None) {
+            return Err(live_refused());
+        }
         let method = &req.method;
         let profile = d
             .and_then(|d| d.profile_id.as_deref())
@@ -83,24 +96,57 @@ impl Defaults {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
         let has_body_method =
             method == Method::POST || method == Method::PATCH || method == Method::DELETE;
+        let bodiless = matches!((length, chunked), (None | Some(0), false));
         let query_only = testmode && (method == Method::GET || method == Method::DELETE);
         match (length, chunked) {
-            (None | Some(0), false) if query_only => Ok(Plan {
-                query_testmode: true,
+            _ if bodiless && (query_only || key.confined) => Ok(Plan {
+                query_testmode: testmode,
                 body: None,
             }),
             (Some(n), false) if json && n > 0 && n <= MAX_REWRITE_BODY && has_body_method => {
-                let body = read_body(session, n).await?;
+                let body = read_body(session, n).await.map_err(PlanError::Body)?;
+                if key.confined && asks_for_live(None, Some(&body)) {
+                    return Err(live_refused());
+                }
                 let body = with_body_defaults(&body, testmode, profile).unwrap_or(body);
                 Ok(Plan {
                     query_testmode: false,
                     body: Some(body),
                 })
             }
+            _ if key.confined => Err(PlanError::Forbidden(
+                "a test key acts on test data only, and the gateway keeps a request in test \
+                 mode only with a JSON body of at most 64 KiB"
+                    .into(),
+            )),
             // No body to add to, not JSON, too large, or chunked: forwarded untouched.
             _ => Ok(Plan::default()),
         }
     }
+}
+
+/// What the caller's key says about test mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyMode {
+    /// The caller's key (its gateway key, or the dummy API key of an open gateway) is a
+    /// `test_` key: `testmode = "from_key"` adds testmode.
+    pub test: bool,
+    /// A client's `test_` key: test data only, whatever the merchant's defaults say.
+    pub confined: bool,
+}
+
+/// Why a request cannot be planned.
+pub enum PlanError {
+    /// The caller's body could not be read.
+    Body(Box<Error>),
+    /// A confined caller asked for live data, or for what cannot be kept in test mode.
+    Forbidden(String),
+}
+
+fn live_refused() -> PlanError {
+    PlanError::Forbidden(
+        "a test key acts on test data only; this request asks for live data (testmode)".into(),
+    )
 }
 
 /// Reads a whole request body of `length` bytes (also into the retry buffer, for a replay of
