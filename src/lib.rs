@@ -14,6 +14,7 @@
 //! - [`proxy`]: the proxy listener (connection cap, head deadline) and the proxy (a pingora-core
 //!   `HttpServerApp`): origin-form targets, the exchange and its attempt policy (401 replay,
 //!   one retry on a fresh connection), streamed responses.
+//! - [`reload`]: SIGHUP reloads `[clients]` and `[merchants.defaults]`.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`), routing to:
 //! - [`admin_api`]: `/admin/merchants…`, behind `admin.token`;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod onboarding;
 pub mod proxy;
+pub mod reload;
 pub mod rewrite;
 pub mod store;
 pub mod tokens;
