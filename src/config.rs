@@ -87,6 +87,9 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// pingora's pid file (written when daemonized).
     pub pid_file: String,
+    /// When set, the addresses the listeners actually bound (`server.listen = "ip:port"`
+    /// lines) are written here once all are bound: how to learn a port-0 listener's port.
+    pub bound_addrs_file: String,
     /// The whole request head must arrive within this, counted from its first byte (else 408).
     /// The idle wait between keep-alive requests is not part of it.
     pub header_timeout_ms: u64,
@@ -108,6 +111,7 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout_secs: DEFAULT_GRACE_PERIOD_SECS,
             upgrade_sock: DEFAULT_UPGRADE_SOCK.into(),
             pid_file: DEFAULT_PID_FILE.into(),
+            bound_addrs_file: String::new(),
             header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -428,7 +432,7 @@ impl Settings {
         let mut p = Vec::new();
         check_addr(&mut p, "server.listen", &self.server.listen);
         check_addr(&mut p, "server.admin_listen", &self.server.admin_listen);
-        if self.server.listen == self.server.admin_listen {
+        if self.server.listen == self.server.admin_listen && !any_port(&self.server.listen) {
             p.push("server.admin_listen must differ from server.listen".into());
         }
         match (
@@ -606,6 +610,11 @@ fn check_addr(p: &mut Vec<String>, key: &str, value: &str) {
     }
 }
 
+/// Port 0: the system picks a free port at each start, so two listeners may both ask for it.
+fn any_port(addr: &str) -> bool {
+    addr.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0)
+}
+
 fn check_readable(p: &mut Vec<String>, key: &str, path: &str) {
     if let Err(e) = std::fs::metadata(path) {
         p.push(format!("{key} {path} cannot be read: {e}"));
@@ -700,6 +709,17 @@ mod tests {
         assert!(all.contains("server.threads"), "{all}");
         assert!(all.contains("upstream.base_url"), "{all}");
         assert!(all.contains("oauth.client_id is missing"), "{all}");
+    }
+
+    #[test]
+    fn listeners_may_share_port_0_but_no_other_address() {
+        let both = |addr: &str| {
+            let server = format!("[server]\nlisten = \"{addr}\"\nadmin_listen = \"{addr}\"\n");
+            parse(&server, &HashMap::new()).map(|s| s.server.listen)
+        };
+        assert_eq!(both("127.0.0.1:0").unwrap(), "127.0.0.1:0");
+        let err = both("127.0.0.1:8080").unwrap_err().problems.join("\n");
+        assert!(err.contains("server.admin_listen must differ"), "{err}");
     }
 
     #[test]
