@@ -25,6 +25,7 @@
 //! to a private address: metrics and health need no credentials.
 
 use crate::admin_api::AdminApi;
+use crate::listen::BoundAddr;
 use crate::metrics::Metrics;
 use crate::onboarding::Onboarding;
 use crate::store::file::FileStore;
@@ -46,8 +47,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub store: Arc<FileStore>,
-    /// The proxy listener, probed by `/readyz`.
-    pub proxy_addr: std::net::SocketAddr,
+    /// The proxy listener's bound address, probed by `/readyz`.
+    pub proxy_addr: BoundAddr,
     /// `/admin/…`, behind `admin.token`.
     pub api: AdminApi,
     /// `/oauth/connect` and `/oauth/callback`.
@@ -141,17 +142,14 @@ impl Admin {
             .await
             .map_err(|e| format!("store check failed: {e}"))?
             .map_err(|e| e.to_string())?;
-        let probe = tokio::net::TcpStream::connect(self.proxy_addr);
+        let Some(proxy_addr) = self.proxy_addr.get() else {
+            return Err("proxy listener not bound yet".into());
+        };
+        let probe = tokio::net::TcpStream::connect(proxy_addr);
         match tokio::time::timeout(Duration::from_secs(1), probe).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!(
-                "proxy listener {} not accepting: {e}",
-                self.proxy_addr
-            )),
-            Err(_) => Err(format!(
-                "proxy listener {} not accepting in time",
-                self.proxy_addr
-            )),
+            Ok(Err(e)) => Err(format!("proxy listener {proxy_addr} not accepting: {e}")),
+            Err(_) => Err(format!("proxy listener {proxy_addr} not accepting in time")),
         }
     }
 }

@@ -8,10 +8,12 @@
 use crate::admin::Admin;
 use crate::admin_api::AdminApi;
 use crate::config::Settings;
+use crate::listen::{BoundAddr, Listening, Socket};
 use crate::metrics::Metrics;
 use crate::oauth::HttpTokenEndpoint;
 use crate::onboarding::Onboarding;
 use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
+use crate::reload::{ConfigSource, ReloadService};
 use crate::store::file::FileStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
@@ -22,7 +24,7 @@ use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long start-up waits for the first DNS answer before going on without it.
@@ -111,27 +113,77 @@ impl Parts {
     }
 }
 
-/// Builds the whole server: proxy service plus background services. The caller runs it.
-pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartError> {
+/// Builds the whole server: proxy and admin services plus background services. The caller
+/// runs it.
+pub fn build_server(
+    settings: Settings,
+    source: ConfigSource,
+    upgrade: bool,
+) -> Result<Server, StartError> {
     let conf = server_conf(&settings);
-    let listen = settings.server.listen.clone();
-    check_bindable("server.listen", &listen, upgrade)?;
-    check_bindable(
+    let listening = Listening::new(&settings.server.bound_addrs_file, upgrade);
+    let proxy_socket = bind(&listening, "server.listen", &settings.server.listen)?;
+    let admin_socket = bind(
+        &listening,
         "server.admin_listen",
         &settings.server.admin_listen,
-        upgrade,
     )?;
     let parts = Parts::new(settings, &conf)?;
+    let merchants = set_up(&parts)?;
+    let mut server = Server::new_with_opt_and_conf(
+        Opt {
+            upgrade,
+            ..Opt::default()
+        },
+        conf,
+    );
+    server.bootstrap();
+    let live = Arc::new(Live::from_settings(&parts.settings, &parts.metrics).map_err(StartError)?);
+    let proxy = proxy_service(&parts, &server.configuration, proxy_socket.fd_key(), &live)?;
+    let admin = admin_service(&parts, admin_socket.fd_key(), proxy_socket.bound_addr())?;
+    server.add_service(proxy_socket.serve(proxy));
+    server.add_service(admin_socket.serve(admin));
+    add_background_services(&mut server, &parts);
+    server.add_service(background_service(
+        "reload",
+        ReloadService {
+            source,
+            live,
+            metrics: parts.metrics.clone(),
+            running: Mutex::new(parts.settings.clone()),
+        },
+    ));
+    let s = &parts.settings;
+    tracing::info!(
+        listen = %s.server.listen,
+        upstream = %s.upstream.base_url,
+        store = %parts.store.path().display(),
+        merchants,
+        "mollie-gateway starting"
+    );
+    Ok(server)
+}
+
+/// Binds a listener now, with a clear start-up error for an address already in use instead of
+/// pingora's panic (after `run -u` the old process hands the socket over instead).
+fn bind(listening: &Listening, key: &'static str, addr: &str) -> Result<Socket, StartError> {
+    listening
+        .bind(key, addr)
+        .map_err(|e| StartError(format!("{key} {addr}: cannot listen: {e}")))
+}
+
+/// The store load and first DNS resolution, on a short-lived runtime before pingora starts
+/// its own; warns when the OAuth app is not configured. Returns the number of merchants.
+fn set_up(parts: &Parts) -> Result<usize, StartError> {
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("cannot start a runtime: {e}")))?;
     let merchants = setup.block_on(parts.prepare())?;
-    drop(setup);
-    let s = &parts.settings;
-    if let Some(hint) = s.oauth_setup_hint() {
+    if let Some(hint) = parts.settings.oauth_setup_hint() {
         tracing::warn!("{hint}; until then proxied requests are answered 503 oauth_misconfigured");
     }
+    let s = &parts.settings;
     if let Some(open) = s.open_gateway_warning() {
         if s.server.require_client_keys {
             return Err(StartError(format!(
@@ -140,24 +192,27 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
         }
         tracing::warn!("{open}");
     }
+    Ok(merchants)
+}
 
-    let opt = Opt {
-        upgrade,
-        ..Opt::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+/// The proxy listener (`server.listen`), plain or HTTPS with h2 and HTTP/1.1 through ALPN.
+fn proxy_service(
+    parts: &Parts,
+    conf: &ServerConf,
+    listen: &str,
+    live: &Arc<Live>,
+) -> Result<Service<ProxyListener>, StartError> {
+    let s = &parts.settings;
     let upstreams = Upstreams::new(Some(
-        pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
+        pingora::connectors::ConnectorOptions::from_server_conf(conf),
     ));
-    let live = Arc::new(Live::from_settings(s, &parts.metrics).map_err(StartError)?);
     let gateway = Gateway::new(
         parts.tokens.clone(),
         parts.upstream.clone(),
         s,
         parts.metrics.clone(),
         upstreams,
-        live,
+        live.clone(),
     )
     .map_err(StartError)?;
     let listener = ProxyListener::new(
@@ -167,21 +222,27 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     );
     let mut proxy = Service::new("mollie-gateway proxy".to_string(), listener);
     if s.server.tls_cert.is_empty() {
-        proxy.add_tcp(&listen);
+        proxy.add_tcp(listen);
     } else {
-        // HTTPS with HTTP/2 and HTTP/1.1 offered through ALPN.
         let mut tls = TlsSettings::intermediate(&s.server.tls_cert, &s.server.tls_key)
             .map_err(|e| StartError(format!("server.tls_cert/tls_key: {e}")))?;
         tls.enable_h2();
-        proxy.add_tls_with_settings(&listen, None, tls);
+        proxy.add_tls_with_settings(listen, None, tls);
     }
-    server.add_service(proxy);
+    Ok(proxy)
+}
+
+/// The admin listener (`server.admin_listen`); `/readyz` probes the proxy's bound address.
+fn admin_service(
+    parts: &Parts,
+    listen: &str,
+    proxy_addr: BoundAddr,
+) -> Result<Service<HttpServer<Admin>>, StartError> {
+    let s = &parts.settings;
     let admin = Admin {
         metrics: parts.metrics.clone(),
         store: parts.store.clone(),
-        proxy_addr: listen
-            .parse()
-            .map_err(|_| StartError(format!("server.listen {listen} is not ip:port")))?,
+        proxy_addr,
         api: AdminApi::new(s, parts.tokens.clone(), Arc::new(parts.store.clone())),
         onboarding: Onboarding::new(s, parts.tokens.clone()).map_err(StartError)?,
     };
@@ -189,15 +250,19 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
         "mollie-gateway admin".to_string(),
         HttpServer::new_app(admin),
     );
-    admin.add_tcp(&s.server.admin_listen);
-    server.add_service(admin);
+    admin.add_tcp(listen);
+    Ok(admin)
+}
+
+/// The DNS resolver and, unless disabled, the background token refresher.
+fn add_background_services(server: &mut Server, parts: &Parts) {
     server.add_service(background_service(
         "resolver",
         ResolverService {
             endpoints: vec![parts.upstream.clone(), parts.token_endpoint.clone()],
         },
     ));
-    if s.oauth.background_refresh {
+    if parts.settings.oauth.background_refresh {
         server.add_service(background_service(
             "refresher",
             RefresherService {
@@ -205,22 +270,4 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
             },
         ));
     }
-    tracing::info!(
-        listen = %listen,
-        upstream = %s.upstream.base_url,
-        store = %parts.store.path().display(),
-        merchants,
-        "mollie-gateway starting"
-    );
-    Ok(server)
-}
-
-/// A clear start-up error for a listen address already in use, instead of pingora's panic.
-fn check_bindable(key: &str, addr: &str, upgrade: bool) -> Result<(), StartError> {
-    if upgrade {
-        return Ok(()); // the old process holds the socket and hands it over
-    }
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| StartError(format!("{key} {addr}: cannot listen: {e}")))
 }

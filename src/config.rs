@@ -91,6 +91,9 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// pingora's pid file (written when daemonized).
     pub pid_file: String,
+    /// When set, the addresses the listeners actually bound (`server.listen = "ip:port"`
+    /// lines) are written here once all are bound: how to learn a port-0 listener's port.
+    pub bound_addrs_file: String,
     /// The whole request head must arrive within this, counted from its first byte (else 408).
     /// The idle wait between keep-alive requests is not part of it.
     pub header_timeout_ms: u64,
@@ -116,6 +119,7 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout_secs: DEFAULT_GRACE_PERIOD_SECS,
             upgrade_sock: DEFAULT_UPGRADE_SOCK.into(),
             pid_file: DEFAULT_PID_FILE.into(),
+            bound_addrs_file: String::new(),
             header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,

@@ -19,6 +19,8 @@
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`), routing to:
 //! - [`admin_api`]: `/admin/merchants…`, behind `admin.token`;
 //! - [`onboarding`]: `/oauth/connect` and `/oauth/callback` (signed `state`).
+//! - [`listen`]: the listening sockets, bound by the gateway and handed to pingora, so that
+//!   port 0 works and the bound addresses are known (`server.bound_addrs_file`).
 //! - [`app`]: building the pingora server from settings (used by `main.rs`).
 
 pub mod admin;
@@ -27,6 +29,7 @@ pub mod app;
 pub mod clients;
 pub mod config;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 pub mod oauth;
 pub mod onboarding;

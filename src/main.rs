@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use mollie_gateway::app::{self, Parts, StartError};
 use mollie_gateway::clients;
 use mollie_gateway::config::{self, LogFormat, Settings, Source};
+use mollie_gateway::reload::ConfigSource;
 use mollie_gateway::types::{MerchantId, RefreshToken, Secret};
 use std::collections::HashMap;
 use std::io::Read;
@@ -105,7 +106,12 @@ fn main() -> ExitCode {
         Command::Run { upgrade } => {
             init_logging(&settings);
             log_source(&source);
-            match app::build_server(settings, upgrade) {
+            let env = env
+                .into_iter()
+                .filter(|(k, _)| k.starts_with(config::ENV_PREFIX))
+                .collect();
+            let source = ConfigSource { source, env };
+            match app::build_server(settings, source, upgrade) {
                 Ok(server) => server.run_forever(),
                 Err(e) => Err(e),
             }

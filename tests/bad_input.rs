@@ -398,6 +398,7 @@ async fn an_unknown_merchant_is_401_and_nothing_is_forwarded() {
 async fn a_token_endpoint_nobody_listens_on_is_503_with_retry_after() {
     let fake = FakeMollie::start().await;
     let refresh = fake.add_merchant("m1");
+    // free_port(): a token endpoint that refuses connections, not an address the gateway binds.
     let mut gw = GatewayBuilder::new(&fake)
         .token_url(format!("http://127.0.0.1:{}/oauth2/tokens", free_port()))
         .prepare();

@@ -240,6 +240,68 @@ async fn a_test_key_is_confined_to_test_data() {
     );
 }
 
+/// Polls (every 50 ms, at most 5 s) until GET /v2/methods with `auth` answers `status`.
+async fn eventually(gw: &Gateway, auth: &str, status: u16) -> bool {
+    for _ in 0..100 {
+        let headers = [("X-Merchant-Id", "m1"), ("Authorization", auth)];
+        if get(gw, "/v2/methods", &headers).await.0 == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_clients_and_keeps_the_old_ones_on_a_bad_config() {
+    let fake = FakeMollie::start().await;
+    let (gw, keys) = gateway_with_clients(&fake).await;
+    // One keep-alive connection across both reloads.
+    let http = client();
+    let keep_alive = |key: String| {
+        http.get(format!("{}/v2/methods", gw.base_url()))
+            .header("X-Merchant-Id", "m1")
+            .header("Authorization", bearer(&key))
+            .send()
+    };
+    assert_eq!(
+        keep_alive(keys.billing.clone()).await.unwrap().status(),
+        200
+    );
+
+    // Rotation by reload: billing's first key is replaced by a new one.
+    let new_key = key("live");
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    let rotated = config.replace(&sha256(&keys.billing), &sha256(&new_key));
+    std::fs::write(&gw.config, &rotated).unwrap();
+    gw.signal("HUP");
+    assert!(
+        eventually(&gw, &bearer(&new_key), 200).await,
+        "new key refused"
+    );
+    assert!(
+        eventually(&gw, &bearer(&keys.billing), 401).await,
+        "old key kept"
+    );
+    assert_eq!(keep_alive(new_key.clone()).await.unwrap().status(), 200);
+
+    // An invalid configuration keeps the running clients, and says why.
+    std::fs::write(
+        &gw.config,
+        rotated.replace("merchants = [\"m1\"]", "merchants = 7"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(keep_alive(new_key.clone()).await.unwrap().status(), 200);
+    assert!(
+        gw.log_text().contains("the configuration was not reloaded"),
+        "{}",
+        gw.log_text()
+    );
+    assert!(gw.pid().is_some() && gw.log_text().contains("reloaded"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_client_keys_refuses_to_start_an_open_gateway() {
     let fake = FakeMollie::start().await;

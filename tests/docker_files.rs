@@ -186,6 +186,7 @@ async fn dashboard_plots_only_metrics_the_gateway_exports() {
         run(&admin_port),
         "HEALTHCHECK fails against a live gateway: {check:?}"
     );
+    // free_port(): a port where nothing listens, not one the gateway binds.
     assert!(
         !run(&support::free_port().to_string()),
         "HEALTHCHECK passes with nothing there"

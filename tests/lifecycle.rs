@@ -195,6 +195,18 @@ async fn graceful_upgrade_hands_over_sockets_without_a_failed_request() {
         "{}",
         new_log_text()
     );
+    // Configured on port 0, the new process reports the addresses it was handed.
+    for (key, addr) in [
+        ("server.listen", &old.listen),
+        ("server.admin_listen", &old.admin),
+    ] {
+        let line = format!("listening listener=\"{key}\" addr={addr}");
+        assert!(
+            new_log_text().contains(&line),
+            "{line}:\n{}",
+            new_log_text()
+        );
+    }
 
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &new.0.id().to_string()])

@@ -67,6 +67,17 @@ fn every_semantic_problem_is_reported() {
 }
 
 #[test]
+fn listeners_may_share_port_0_but_no_other_address() {
+    let both = |addr: &str| {
+        let server = format!("[server]\nlisten = \"{addr}\"\nadmin_listen = \"{addr}\"\n");
+        parse(&server, &HashMap::new()).map(|s| s.server.listen)
+    };
+    assert_eq!(both("127.0.0.1:0").unwrap(), "127.0.0.1:0");
+    let err = both("127.0.0.1:8080").unwrap_err().problems.join("\n");
+    assert!(err.contains("server.admin_listen must differ"), "{err}");
+}
+
+#[test]
 fn secret_file_is_read_and_masked() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("secret");

@@ -41,7 +41,7 @@ impl ServerSettings {
     fn validate(&self, p: &mut Problems) {
         check_addr(p, "server.listen", &self.listen);
         check_addr(p, "server.admin_listen", &self.admin_listen);
-        if self.listen == self.admin_listen {
+        if self.listen == self.admin_listen && !any_port(&self.listen) {
             p.push("server.admin_listen must differ from server.listen".into());
         }
         match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
@@ -223,6 +223,11 @@ fn check_key_header(p: &mut Problems, header: &str, merchant_header: &str) {
             "server.client_key_header may not be Authorization, Host or merchants.header".into(),
         );
     }
+}
+
+/// Port 0: the system picks a free port at each start, so two listeners may both ask for it.
+fn any_port(addr: &str) -> bool {
+    addr.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0)
 }
 
 fn check_readable(p: &mut Problems, key: &str, path: &str) {

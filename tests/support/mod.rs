@@ -1,5 +1,13 @@
 //! Shared test support: the fake Mollie (`fake_mollie`), free ports, and a launcher that runs
 //! the real `mollie-gateway` binary against it on 127.0.0.1.
+//!
+//! Ports: a gateway listens on `127.0.0.1:0` and writes the addresses it bound to
+//! `server.bound_addrs_file`, which [`Gateway::spawn`] reads back, so parallel tests never
+//! race for a port. A test whose configuration must name the gateway's own address
+//! (`{listen}`/`{admin}` in [`GatewayBuilder::toml`] or `env`) cannot wait for that: the harness
+//! binds that listener itself and hands the socket over the way `run -u` takes sockets from an
+//! old process (pingora's `Fds` over `server.upgrade_sock`), keeping its copy so that a
+//! restarted gateway gets the same socket again.
 #![allow(dead_code)]
 
 pub mod fake_mollie;
@@ -9,13 +17,15 @@ pub mod tls;
 use fake_mollie::FakeMollie;
 use std::io::Read;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mollie-gateway");
 
-/// A port nothing listens on right now (bound to :0, then released).
+/// A port nothing listens on right now (bound to :0, then released): only for addresses the
+/// gateway does not bind itself (e.g. a token endpoint that must refuse connections).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -37,9 +47,14 @@ pub struct Gateway {
     pub config: PathBuf,
     pub store: PathBuf,
     pub log: PathBuf,
+    /// The proxy and admin addresses: as configured until [`Gateway::spawn`], then as bound.
     pub listen: String,
     pub admin: String,
     env: Vec<(String, String)>,
+    /// Where the gateway writes the addresses it bound.
+    bound_file: PathBuf,
+    /// Listeners the harness bound itself and hands over (`run -u`), with their fd keys.
+    handed: Vec<(String, TcpListener)>,
 }
 
 /// Builds a gateway configuration around a fake Mollie; `env` overrides go on top.
@@ -99,8 +114,9 @@ impl GatewayBuilder {
     /// Writes the config and the store directory; does not start anything.
     pub fn prepare(self) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let admin = format!("127.0.0.1:{}", free_port());
+        let mut handed = Vec::new();
+        let listen = self.listen_addr("{listen}", &mut handed);
+        let admin = self.listen_addr("{admin}", &mut handed);
         let store = dir.path().join("data/credentials.json");
         let (id, secret) = if self.configured {
             (fake_mollie::CLIENT_ID, fake_mollie::CLIENT_SECRET)
@@ -108,6 +124,7 @@ impl GatewayBuilder {
             ("", "")
         };
         let config = dir.path().join("gateway.toml");
+        let bound_file = dir.path().join("bound-addrs.toml");
         // Own upgrade socket and pid file, so that parallel gateways never share them.
         let upgrade_sock = dir.path().join("upgrade.sock").display().to_string();
         let pid_file = dir.path().join("gateway.pid").display().to_string();
@@ -116,9 +133,11 @@ impl GatewayBuilder {
             format!(
                 "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
                  upgrade_sock = {upgrade_sock:?}\npid_file = {pid_file:?}\n\
+                 bound_addrs_file = {:?}\n\
                  [upstream]\nbase_url = \"{}\"\ntoken_url = \"{}\"\n\
                  [oauth]\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
                  [store]\npath = {:?}\n{}",
+                bound_file.display().to_string(),
                 self.base_url,
                 self.token_url,
                 store.display().to_string(),
@@ -128,11 +147,9 @@ impl GatewayBuilder {
             ),
         )
         .expect("write config");
-        let log = log_dir().join(format!(
-            "gateway-{}-{}.log",
-            std::process::id(),
-            listen.rsplit(':').next().unwrap_or("0")
-        ));
+        let name = dir.path().file_name().unwrap_or_default().to_string_lossy();
+        let name = name.trim_start_matches('.');
+        let log = log_dir().join(format!("gateway-{}-{name}.log", std::process::id()));
         let env = self
             .env
             .into_iter()
@@ -150,7 +167,25 @@ impl GatewayBuilder {
             listen,
             admin,
             env,
+            bound_file,
+            handed,
         }
+    }
+
+    /// `127.0.0.1:0`, unless the configuration names this listener's address (`placeholder`):
+    /// then a socket bound here, to be handed over.
+    fn listen_addr(&self, placeholder: &str, handed: &mut Vec<(String, TcpListener)>) -> String {
+        let named = self.extra_toml.contains(placeholder)
+            || self.env.iter().any(|(_, v)| v.contains(placeholder));
+        if !named {
+            return "127.0.0.1:0".to_string();
+        }
+        let socket = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        // The gateway's accept loop is asynchronous: the socket must not block.
+        socket.set_nonblocking(true).expect("non-blocking");
+        let addr = socket.local_addr().expect("local addr").to_string();
+        handed.push((addr.clone(), socket));
+        addr
     }
 
     /// Prepares and starts the gateway, waiting until it is ready.
@@ -198,16 +233,22 @@ impl Gateway {
             .expect("run mollie-gateway")
     }
 
-    /// Starts `run` and waits (bounded) until `/readyz` answers 200.
+    /// Starts `run` (`run -u` when the harness hands sockets over) and waits (bounded) for the
+    /// bound addresses, then until `/readyz` answers 200.
     pub fn spawn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let _ = std::fs::remove_file(&self.bound_file); // a previous run's
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let child = self
-            .command()
-            .arg("run")
+        let mut cmd = self.command();
+        cmd.arg("run");
+        if !self.handed.is_empty() {
+            cmd.arg("-u");
+        }
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -215,11 +256,59 @@ impl Gateway {
             .spawn()
             .expect("spawn mollie-gateway");
         self.child = Some(child);
-        self.wait_ready();
+        if !self.handed.is_empty() {
+            self.hand_over(deadline);
+        }
+        self.read_bound_addrs(deadline);
+        self.wait_ready(deadline);
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Sends the harness's sockets to `run -u`, as an old gateway process would on SIGQUIT.
+    fn hand_over(&mut self, deadline: Instant) {
+        let sock = self.dir.path().join("upgrade.sock");
+        self.wait_for("upgrade socket", deadline, || sock.exists().then_some(()));
+        let mut fds = pingora::server::Fds::new();
+        for (key, socket) in &self.handed {
+            fds.add(key.clone(), socket.as_raw_fd());
+        }
+        let path = sock.to_str().expect("utf-8 path");
+        if let Err(e) = fds.send_to_sock(path) {
+            panic!("handing sockets over: {e}; log:\n{}", self.log_text());
+        }
+    }
+
+    /// Waits for `server.bound_addrs_file` and takes the addresses from it.
+    fn read_bound_addrs(&mut self, deadline: Instant) {
+        let file = self.bound_file.clone();
+        let text = self.wait_for("bound addresses", deadline, || {
+            std::fs::read_to_string(&file).ok()
+        });
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            let addr = value.trim_matches('"').to_string();
+            match key {
+                "server.listen" => self.listen = addr,
+                "server.admin_listen" => self.admin = addr,
+                _ => {}
+            }
+        }
+    }
+
+    fn wait_ready(&mut self, deadline: Instant) {
+        let admin = self.admin.clone();
+        self.wait_for("/readyz", deadline, || readyz(&admin).then_some(()));
+    }
+
+    /// Polls `probe` until it gives a value, panicking with the log if the gateway exits
+    /// first or `deadline` passes.
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> T {
         while Instant::now() < deadline {
             if let Some(status) = self
                 .child
@@ -228,12 +317,12 @@ impl Gateway {
             {
                 panic!("gateway exited early ({status}); log:\n{}", self.log_text());
             }
-            if readyz(&self.admin) {
-                return;
+            if let Some(value) = probe() {
+                return value;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("gateway not ready in 20 s; log:\n{}", self.log_text());
+        panic!("gateway: no {what} in 20 s; log:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
