@@ -9,7 +9,7 @@ use crate::admin::Admin;
 use crate::admin_api::AdminApi;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::oauth::HttpTokenEndpoint;
+use crate::oauth::{HttpTokenEndpoint, TokenEndpoint, TokenEndpointService};
 use crate::onboarding::Onboarding;
 use crate::proxy::{Gateway, ProxyListener, Upstreams};
 use crate::store::file::FileStore;
@@ -58,8 +58,34 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// Opens the store and builds the token manager; no I/O beyond reading the store file.
+    /// For the CLI: opens the store and builds the token manager, whose token calls run on
+    /// the caller's runtime (the CLI has one); no I/O beyond reading the store file.
     pub fn new(settings: Settings, conf: &ServerConf) -> Result<Parts, StartError> {
+        Parts::build(settings, conf, |http| http)
+    }
+
+    /// For the server: as [`Parts::new`], but every token call goes to the returned
+    /// [`TokenEndpointService`] (register it: it is their one runtime, `oauth/home.rs`).
+    pub fn with_token_home(
+        settings: Settings,
+        conf: &ServerConf,
+    ) -> Result<(Parts, TokenEndpointService), StartError> {
+        let mut home = None;
+        let parts = Parts::build(settings, conf, |http| {
+            let (client, service) = TokenEndpointService::new(http);
+            home = Some(service);
+            Arc::new(client)
+        })?;
+        let home = home.ok_or_else(|| StartError("token endpoint service not built".into()))?;
+        Ok((parts, home))
+    }
+
+    /// `route` decides where token calls go, given the HTTP client.
+    fn build(
+        settings: Settings,
+        conf: &ServerConf,
+        route: impl FnOnce(Arc<dyn TokenEndpoint>) -> Arc<dyn TokenEndpoint>,
+    ) -> Result<Parts, StartError> {
         let upstream = Endpoint::parse(&settings.upstream.base_url)
             .map_err(|e| StartError(format!("upstream.base_url: {e}")))?;
         let token_endpoint = Endpoint::parse(&settings.upstream.token_url)
@@ -70,11 +96,11 @@ impl Parts {
         let connector = Connector::new(Some(
             pingora::connectors::ConnectorOptions::from_server_conf(conf),
         ));
-        let endpoint = Arc::new(HttpTokenEndpoint::new(
+        let endpoint = route(Arc::new(HttpTokenEndpoint::new(
             &settings,
             token_endpoint.clone(),
             connector,
-        ));
+        )));
         let policy = TokenPolicy::from_settings(&settings).map_err(StartError)?;
         let tokens = TokenManager::new(endpoint, Arc::new(store.clone()), policy, metrics.clone());
         Ok(Parts {
@@ -121,7 +147,7 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
         &settings.server.admin_listen,
         upgrade,
     )?;
-    let parts = Parts::new(settings, &conf)?;
+    let (parts, token_home) = Parts::with_token_home(settings, &conf)?;
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -187,6 +213,8 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
             endpoints: vec![parts.upstream.clone(), parts.token_endpoint.clone()],
         },
     ));
+    // Every token call runs here; it outlives the grace period (oauth/home.rs).
+    server.add_service(background_service("token endpoint", token_home));
     if s.oauth.background_refresh {
         server.add_service(background_service(
             "refresher",

@@ -10,7 +10,8 @@
 //! callers back off instead).
 //!
 //! Layout: this file (grants, answers, [`OAuthError`], the [`TokenEndpoint`] trait, parsing),
-//! `error` (the typed causes), `http` ([`HttpTokenEndpoint`], pingora's pooled client).
+//! `error` (the typed causes), `http` ([`HttpTokenEndpoint`], pingora's pooled client), `home`
+//! ([`TokenEndpointService`]: the one runtime every token call of the server runs on).
 
 use crate::config::TokenBody;
 use crate::types::{AccessToken, RefreshToken, Secret};
@@ -19,8 +20,10 @@ use serde::Deserialize;
 use std::time::Duration;
 
 mod error;
+mod home;
 mod http;
 pub use error::{BadResponse, ClientRejected, OAuthError, Phase, Unavailable};
+pub use home::{TokenClient, TokenEndpointService};
 pub use http::HttpTokenEndpoint;
 
 /// A token answer larger than this is not a token answer.
