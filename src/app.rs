@@ -61,7 +61,7 @@ impl Parts {
     /// For the CLI: opens the store and builds the token manager, whose token calls run on
     /// the caller's runtime (the CLI has one); no I/O beyond reading the store file.
     pub fn new(settings: Settings, conf: &ServerConf) -> Result<Parts, StartError> {
-        Parts::build(settings, conf, |http| http)
+        Parts::build(settings, conf, |http| (http, ())).map(|(parts, ())| parts)
     }
 
     /// For the server: as [`Parts::new`], but every token call goes to the returned
@@ -70,22 +70,19 @@ impl Parts {
         settings: Settings,
         conf: &ServerConf,
     ) -> Result<(Parts, TokenEndpointService), StartError> {
-        let mut home = None;
-        let parts = Parts::build(settings, conf, |http| {
+        Parts::build(settings, conf, |http| {
             let (client, service) = TokenEndpointService::new(http);
-            home = Some(service);
-            Arc::new(client)
-        })?;
-        let home = home.ok_or_else(|| StartError("token endpoint service not built".into()))?;
-        Ok((parts, home))
+            (Arc::new(client), service)
+        })
     }
 
-    /// `route` decides where token calls go, given the HTTP client.
-    fn build(
+    /// `route` decides where token calls go, given the HTTP client (and may return a
+    /// service that serves them).
+    fn build<T>(
         settings: Settings,
         conf: &ServerConf,
-        route: impl FnOnce(Arc<dyn TokenEndpoint>) -> Arc<dyn TokenEndpoint>,
-    ) -> Result<Parts, StartError> {
+        route: impl FnOnce(Arc<dyn TokenEndpoint>) -> (Arc<dyn TokenEndpoint>, T),
+    ) -> Result<(Parts, T), StartError> {
         let upstream = Endpoint::parse(&settings.upstream.base_url)
             .map_err(|e| StartError(format!("upstream.base_url: {e}")))?;
         let token_endpoint = Endpoint::parse(&settings.upstream.token_url)
@@ -96,21 +93,22 @@ impl Parts {
         let connector = Connector::new(Some(
             pingora::connectors::ConnectorOptions::from_server_conf(conf),
         ));
-        let endpoint = route(Arc::new(HttpTokenEndpoint::new(
+        let (endpoint, routed) = route(Arc::new(HttpTokenEndpoint::new(
             &settings,
             token_endpoint.clone(),
             connector,
         )));
         let policy = TokenPolicy::from_settings(&settings).map_err(StartError)?;
         let tokens = TokenManager::new(endpoint, Arc::new(store.clone()), policy, metrics.clone());
-        Ok(Parts {
+        let parts = Parts {
             settings,
             upstream,
             token_endpoint,
             metrics,
             store,
             tokens,
-        })
+        };
+        Ok((parts, routed))
     }
 
     /// First DNS resolution of both endpoints (bounded; failures are logged, not fatal:
