@@ -13,7 +13,7 @@
 //! service's runtime running through `server.grace_period_secs` (the proxy drains then) and
 //! only afterwards shuts the runtimes down, within `graceful_shutdown_timeout_secs`; so the
 //! token endpoint stays reachable for as long as any request can still be served
-//! (`tests/token_home.rs`). When its runtime goes, queued and running calls end with
+//! (`tests/lifecycle.rs`). When its runtime goes, queued and running calls end with
 //! [`Unavailable::ServiceStopped`].
 //!
 //! Owns: the channel and the call tasks. Must not: stop before its runtime does, or hold a
