@@ -10,7 +10,7 @@ use crate::admin_api::AdminApi;
 use crate::config::Settings;
 use crate::listen::{BoundAddr, Listening, Socket};
 use crate::metrics::Metrics;
-use crate::oauth::HttpTokenEndpoint;
+use crate::oauth::{HttpTokenEndpoint, TokenEndpoint, TokenEndpointService};
 use crate::onboarding::Onboarding;
 use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::reload::{ConfigSource, ReloadService};
@@ -60,8 +60,31 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// Opens the store and builds the token manager; no I/O beyond reading the store file.
+    /// For the CLI: opens the store and builds the token manager, whose token calls run on
+    /// the caller's runtime (the CLI has one); no I/O beyond reading the store file.
     pub fn new(settings: Settings, conf: &ServerConf) -> Result<Parts, StartError> {
+        Parts::build(settings, conf, |http| (http, ())).map(|(parts, ())| parts)
+    }
+
+    /// For the server: as [`Parts::new`], but every token call goes to the returned
+    /// [`TokenEndpointService`] (register it: it is their one runtime, `oauth/home.rs`).
+    pub fn with_token_home(
+        settings: Settings,
+        conf: &ServerConf,
+    ) -> Result<(Parts, TokenEndpointService), StartError> {
+        Parts::build(settings, conf, |http| {
+            let (client, service) = TokenEndpointService::new(http);
+            (Arc::new(client), service)
+        })
+    }
+
+    /// `route` decides where token calls go, given the HTTP client (and may return a
+    /// service that serves them).
+    fn build<T>(
+        settings: Settings,
+        conf: &ServerConf,
+        route: impl FnOnce(Arc<dyn TokenEndpoint>) -> (Arc<dyn TokenEndpoint>, T),
+    ) -> Result<(Parts, T), StartError> {
         let upstream = Endpoint::parse(&settings.upstream.base_url)
             .map_err(|e| StartError(format!("upstream.base_url: {e}")))?;
         let token_endpoint = Endpoint::parse(&settings.upstream.token_url)
@@ -72,21 +95,22 @@ impl Parts {
         let connector = Connector::new(Some(
             pingora::connectors::ConnectorOptions::from_server_conf(conf),
         ));
-        let endpoint = Arc::new(HttpTokenEndpoint::new(
+        let (endpoint, routed) = route(Arc::new(HttpTokenEndpoint::new(
             &settings,
             token_endpoint.clone(),
             connector,
-        ));
+        )));
         let policy = TokenPolicy::from_settings(&settings).map_err(StartError)?;
         let tokens = TokenManager::new(endpoint, Arc::new(store.clone()), policy, metrics.clone());
-        Ok(Parts {
+        let parts = Parts {
             settings,
             upstream,
             token_endpoint,
             metrics,
             store,
             tokens,
-        })
+        };
+        Ok((parts, routed))
     }
 
     /// First DNS resolution of both endpoints (bounded; failures are logged, not fatal:
@@ -128,7 +152,7 @@ pub fn build_server(
         "server.admin_listen",
         &settings.server.admin_listen,
     )?;
-    let parts = Parts::new(settings, &conf)?;
+    let (parts, token_home) = Parts::with_token_home(settings, &conf)?;
     let merchants = set_up(&parts)?;
     let mut server = Server::new_with_opt_and_conf(
         Opt {
@@ -143,7 +167,7 @@ pub fn build_server(
     let admin = admin_service(&parts, admin_socket.fd_key(), proxy_socket.bound_addr())?;
     server.add_service(proxy_socket.serve(proxy));
     server.add_service(admin_socket.serve(admin));
-    add_background_services(&mut server, &parts);
+    add_background_services(&mut server, &parts, token_home);
     server.add_service(background_service(
         "reload",
         ReloadService {
@@ -255,13 +279,15 @@ fn admin_service(
 }
 
 /// The DNS resolver and, unless disabled, the background token refresher.
-fn add_background_services(server: &mut Server, parts: &Parts) {
+fn add_background_services(server: &mut Server, parts: &Parts, token_home: TokenEndpointService) {
     server.add_service(background_service(
         "resolver",
         ResolverService {
             endpoints: vec![parts.upstream.clone(), parts.token_endpoint.clone()],
         },
     ));
+    // Every token call runs here; it outlives the grace period (oauth/home.rs).
+    server.add_service(background_service("token endpoint", token_home));
     if parts.settings.oauth.background_refresh {
         server.add_service(background_service(
             "refresher",

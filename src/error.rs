@@ -1,13 +1,18 @@
 //! The errors the gateway answers itself, and the one place that turns them into responses.
 //!
 //! Owns: [`GatewayError`], its status code, its stable `X-Gateway-Error` code (DESIGN.md §3)
-//! and the Mollie-shaped JSON body, so that callers' Mollie SDKs show the message.
+//! and the Mollie-shaped JSON body, so that callers' Mollie SDKs show the message; and the
+//! mapping of the other layers' typed errors onto it: [`TokenError::to_gateway`] (defined here,
+//! not in `tokens`, which knows nothing of HTTP).
 //! Must not: log (the access log line in `proxy.rs` records the code), or put a secret in a
 //! body: every detail below is built from constants, merchant ids and error classes only.
 
+use crate::tokens::TokenError;
+use crate::types::MerchantId;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use serde_json::json;
+use std::time::Duration;
 
 /// Where callers can read about the gateway's own errors.
 pub const ERROR_DOCS_URL: &str = "https://docs.mollie.com/reference/handling-errors";
@@ -179,6 +184,30 @@ pub fn caller_body_failure(e: &pingora::Error) -> Option<GatewayError> {
     }
 }
 
+impl TokenError {
+    /// What the gateway answers when no token could be had for `merchant`: the status, the
+    /// code and, for the transient failures, `Retry-After` (the backoff, in whole seconds).
+    pub fn to_gateway(&self, merchant: &MerchantId) -> GatewayError {
+        let secs = |d: &Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        match self {
+            TokenError::UnknownMerchant => GatewayError::UnknownMerchant(merchant.to_string()),
+            TokenError::Revoked => GatewayError::AuthorizationRevoked(merchant.to_string()),
+            TokenError::Unavailable { cause, retry_after } => {
+                GatewayError::TokenEndpointUnavailable {
+                    reason: cause.to_string(),
+                    retry_after_secs: secs(retry_after),
+                }
+            }
+            TokenError::BadResponse(bad) => GatewayError::TokenEndpointBadResponse(bad.to_string()),
+            TokenError::Misconfigured { cause, retry_after } => GatewayError::OAuthMisconfigured {
+                reason: cause.to_string(),
+                retry_after_secs: secs(retry_after),
+            },
+            TokenError::Store(e) => GatewayError::StoreUnavailable(e.to_string()),
+        }
+    }
+}
+
 /// Mollie's titles for the statuses the gateway answers.
 pub fn title(status: u16) -> &'static str {
     match status {
@@ -224,6 +253,33 @@ mod tests {
         assert!(detail.contains("m1"), "{detail}");
         assert!(detail.ends_with("(request id req-7)"), "{detail}");
         assert_eq!(v["_links"]["documentation"]["type"], "text/html");
+    }
+
+    #[test]
+    fn token_errors_keep_their_codes_and_retry_after() {
+        use crate::tokens::{Misconfigured, Unavailable};
+        let m1 = MerchantId::parse("m1").unwrap();
+        let unavailable = TokenError::Unavailable {
+            cause: Unavailable::WaitedTooLong(Duration::from_millis(6000)),
+            retry_after: Duration::from_millis(1500),
+        };
+        let e = unavailable.to_gateway(&m1);
+        assert_eq!((e.status(), e.code()), (503, "token_endpoint_unavailable"));
+        assert_eq!(e.retry_after_secs(), Some(2));
+        assert!(e.to_string().contains("no token within 6000 ms"), "{e}");
+        let misconfigured = TokenError::Misconfigured {
+            cause: Misconfigured::NotConfigured,
+            retry_after: Duration::from_secs(1),
+        };
+        let e = misconfigured.to_gateway(&m1);
+        assert_eq!((e.status(), e.code()), (503, "oauth_misconfigured"));
+        assert!(
+            e.to_string().contains("MOLLIE_GATEWAY__OAUTH__CLIENT_ID"),
+            "{e}"
+        );
+        let e = TokenError::Revoked.to_gateway(&m1);
+        assert_eq!((e.status(), e.code()), (401, "authorization_revoked"));
+        assert!(e.to_string().contains("m1"));
     }
 
     #[test]

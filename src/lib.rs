@@ -7,7 +7,8 @@
 //! - [`clients`]: callers' gateway keys (hashes only) and merchant allowlists.
 //! - [`error`]: the gateway's own errors → status, `X-Gateway-Error`, Mollie-shaped body.
 //! - [`upstream`]: upstream/token endpoint URLs and their asynchronous DNS.
-//! - [`oauth`]: the token endpoint client (both grants).
+//! - [`oauth`]: the token endpoint client (both grants) and its service, the one runtime every
+//!   token call of the server runs on.
 //! - [`tokens`]: the token cache, single-flight refresh, backoff, background refresher.
 //! - [`store`]: durable credentials (`CredentialStore`; file backend).
 //! - [`rewrite`]: testmode/profileId defaults and the streaming HAL link rewriter.

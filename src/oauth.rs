@@ -1,24 +1,30 @@
 //! The Mollie token endpoint client (`POST /oauth2/tokens`): both grants, client
-//! authentication, response and error parsing.
+//! authentication, response and error parsing, and where token calls run.
 //!
 //! Owns: the wire format of token calls. Client id and secret go as HTTP Basic; the grant as a
 //! form body (or JSON, `oauth.token_body`). Success bodies are parsed as JSON whatever their
 //! `Content-Type` (Mollie's spec says `text/html`); a missing `expires_in` means 3600 s; error
-//! bodies are RFC 6749 JSON. Must not: log or return a token or the secret in an error text
-//! (only error codes, statuses and lengths), or retry a call itself (a token request is not
-//! idempotent once refresh tokens rotate: callers back off instead).
+//! bodies are RFC 6749 JSON. Must not: log or return a token or the secret in an error (errors
+//! are typed where they arise and carry statuses, error codes, lengths and pingora error kinds
+//! only), or retry a call itself (a token request is not idempotent once refresh tokens rotate:
+//! callers back off instead).
+//!
+//! Layout: this file (grants, answers, [`OAuthError`], the [`TokenEndpoint`] trait, parsing),
+//! `error` (the typed causes), `http` ([`HttpTokenEndpoint`], pingora's pooled client), `home`
+//! ([`TokenEndpointService`]: the one runtime every token call of the server runs on).
 
-use crate::config::{Settings, TokenBody};
+use crate::config::TokenBody;
 use crate::types::{AccessToken, RefreshToken, Secret};
-use crate::upstream::Endpoint;
-use base64::Engine;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
-use pingora::upstreams::peer::HttpPeer;
 use serde::Deserialize;
-use std::sync::Arc;
 use std::time::Duration;
+
+mod error;
+mod home;
+mod http;
+pub use error::{BadResponse, ClientRejected, OAuthError, Phase, Unavailable};
+pub use home::{TokenClient, TokenEndpointService};
+pub use http::HttpTokenEndpoint;
 
 /// A token answer larger than this is not a token answer.
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
@@ -44,6 +50,17 @@ impl Grant<'_> {
         }
     }
 
+    /// An owned copy, to send to another task.
+    pub fn to_owned(&self) -> OwnedGrant {
+        match *self {
+            Grant::RefreshToken(t) => OwnedGrant::RefreshToken(t.clone()),
+            Grant::AuthorizationCode { code, redirect_uri } => OwnedGrant::AuthorizationCode {
+                code: code.clone(),
+                redirect_uri: redirect_uri.map(str::to_string),
+            },
+        }
+    }
+
     fn params(&self) -> Vec<(&'static str, &str)> {
         match self {
             Grant::RefreshToken(t) => {
@@ -66,6 +83,28 @@ impl Grant<'_> {
     }
 }
 
+/// A [`Grant`] that owns its secrets (`Debug` prints them as `***`).
+#[derive(Debug, Clone)]
+pub enum OwnedGrant {
+    RefreshToken(RefreshToken),
+    AuthorizationCode {
+        code: Secret,
+        redirect_uri: Option<String>,
+    },
+}
+
+impl OwnedGrant {
+    pub fn as_grant(&self) -> Grant<'_> {
+        match self {
+            OwnedGrant::RefreshToken(t) => Grant::RefreshToken(t),
+            OwnedGrant::AuthorizationCode { code, redirect_uri } => Grant::AuthorizationCode {
+                code,
+                redirect_uri: redirect_uri.as_deref(),
+            },
+        }
+    }
+}
+
 /// A successful token answer.
 #[derive(Debug, Clone)]
 pub struct TokenSet {
@@ -75,27 +114,8 @@ pub struct TokenSet {
     pub expires_in: Duration,
 }
 
-/// Why a token call failed. Texts are safe to log and to show (no secrets).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OAuthError {
-    /// Transient: connect failure, timeout, 5xx, 429. Back off and retry later.
-    #[error("token endpoint unavailable: {0}")]
-    Unavailable(String),
-    /// The refresh token (or code) is dead: the merchant must authorize again.
-    #[error("invalid_grant: {0}")]
-    InvalidGrant(String),
-    /// The endpoint rejected the gateway's client id/secret: a configuration problem.
-    #[error("invalid_client: the token endpoint rejected oauth.client_id/client_secret ({0})")]
-    InvalidClient(String),
-    /// No OAuth app configured: nothing was sent.
-    #[error("oauth.client_id and oauth.client_secret are not configured")]
-    NotConfigured,
-    /// Anything else we cannot use: non-JSON, no `access_token`, another RFC 6749 error.
-    #[error("unusable token endpoint answer: {0}")]
-    BadResponse(String),
-}
-
-/// The token endpoint, behind a trait so the token manager can be unit-tested without HTTP.
+/// The token endpoint, behind a trait so the token manager can be unit-tested without HTTP
+/// and so that the server can route every call to one runtime ([`TokenClient`]).
 #[async_trait::async_trait]
 pub trait TokenEndpoint: Send + Sync {
     async fn exchange(&self, grant: Grant<'_>) -> Result<TokenSet, OAuthError>;
@@ -118,67 +138,75 @@ struct ErrorBody {
 /// Interprets a token endpoint answer. Pure, so it is unit-tested on every shape.
 pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenSet, OAuthError> {
     if (200..300).contains(&status) {
-        let parsed: SuccessBody = serde_json::from_slice(body).map_err(|_| {
-            OAuthError::BadResponse(format!(
-                "status {status} with a body that is not JSON ({} bytes)",
-                body.len()
-            ))
-        })?;
-        let access = parsed
-            .access_token
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| OAuthError::BadResponse("JSON without access_token".into()))?;
-        if access.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
-            return Err(OAuthError::BadResponse(
-                "access_token has characters that cannot go in a header".into(),
-            ));
-        }
-        let expires_in = match parsed.expires_in {
-            None | Some(serde_json::Value::Null) => DEFAULT_EXPIRES_IN,
-            Some(v) => v
-                .as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                .filter(|s| *s > 0)
-                .map(Duration::from_secs)
-                .ok_or_else(|| {
-                    OAuthError::BadResponse("expires_in is not a positive number".into())
-                })?,
-        };
-        return Ok(TokenSet {
-            access_token: AccessToken::new(access),
-            refresh_token: parsed
-                .refresh_token
-                .filter(|t| !t.is_empty())
-                .map(RefreshToken::new),
-            expires_in,
-        });
+        return parse_success(status, body).map_err(OAuthError::BadResponse);
     }
     if status >= 500 || status == 429 {
-        return Err(OAuthError::Unavailable(format!("status {status}")));
+        return Err(OAuthError::Unavailable(Unavailable::Status(status)));
     }
-    let parsed: ErrorBody = serde_json::from_slice(body).map_err(|_| {
-        OAuthError::BadResponse(format!(
-            "status {status} with a body that is not RFC 6749 JSON"
-        ))
+    Err(parse_error(status, body))
+}
+
+/// A 2xx answer: JSON with a header-safe `access_token`, and a positive `expires_in` if any.
+fn parse_success(status: u16, body: &[u8]) -> Result<TokenSet, BadResponse> {
+    let parsed: SuccessBody = serde_json::from_slice(body).map_err(|_| BadResponse::NotJson {
+        status,
+        len: body.len(),
     })?;
-    // The description is the server's prose; keep it short and printable in our messages.
-    let desc: String = parsed
-        .error_description
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
+    let access = parsed
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or(BadResponse::NoAccessToken)?;
+    if access.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(BadResponse::AccessTokenNotHeaderSafe);
+    }
+    let expires_in = match parsed.expires_in {
+        None | Some(serde_json::Value::Null) => DEFAULT_EXPIRES_IN,
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .ok_or(BadResponse::ExpiresInNotPositive)?,
+    };
+    Ok(TokenSet {
+        access_token: AccessToken::new(access),
+        refresh_token: parsed
+            .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(RefreshToken::new),
+        expires_in,
+    })
+}
+
+/// A 4xx answer: an RFC 6749 error body.
+fn parse_error(status: u16, body: &[u8]) -> OAuthError {
+    let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
+        return OAuthError::BadResponse(BadResponse::NotOAuthError(status));
+    };
     match parsed.error.as_str() {
-        "invalid_grant" => Err(OAuthError::InvalidGrant(desc)),
-        "invalid_client" | "unauthorized_client" => Err(OAuthError::InvalidClient(format!(
-            "status {status}, {}",
-            parsed.error
-        ))),
-        other => Err(OAuthError::BadResponse(format!(
-            "status {status}, error {:?}",
-            other.chars().take(64).collect::<String>()
-        ))),
+        "invalid_grant" => {
+            // The description is the server's prose: short and printable in our messages.
+            let description = parsed
+                .error_description
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect();
+            OAuthError::InvalidGrant(description)
+        }
+        "invalid_client" => OAuthError::InvalidClient(ClientRejected {
+            status,
+            error: "invalid_client",
+        }),
+        "unauthorized_client" => OAuthError::InvalidClient(ClientRejected {
+            status,
+            error: "unauthorized_client",
+        }),
+        other => OAuthError::BadResponse(BadResponse::OtherError {
+            status,
+            error: other.chars().take(64).collect(),
+        }),
     }
 }
 
@@ -205,140 +233,6 @@ fn encode_body(grant: &Grant<'_>, format: TokenBody) -> (Bytes, &'static str) {
                 Bytes::from(serde_json::Value::Object(map).to_string()),
                 "application/json",
             )
-        }
-    }
-}
-
-/// The real client: pingora's pooled HTTP connector (TLS with SNI for https).
-pub struct HttpTokenEndpoint {
-    connector: Connector,
-    endpoint: Arc<Endpoint>,
-    /// `Basic base64(client_id:client_secret)`; empty when no app is configured.
-    basic: Secret,
-    format: TokenBody,
-    timeout: Duration,
-    connect_timeout: Duration,
-}
-
-impl HttpTokenEndpoint {
-    pub fn new(settings: &Settings, endpoint: Arc<Endpoint>, connector: Connector) -> Self {
-        let basic = if settings.oauth.is_configured() {
-            let raw = format!(
-                "{}:{}",
-                settings.oauth.client_id,
-                settings.oauth.client_secret.expose()
-            );
-            Secret::new(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            ))
-        } else {
-            Secret::default()
-        };
-        HttpTokenEndpoint {
-            connector,
-            endpoint,
-            basic,
-            format: settings.oauth.token_body,
-            timeout: settings.oauth.token_timeout(),
-            connect_timeout: settings.upstream.connect_timeout(),
-        }
-    }
-
-    async fn call(&self, body: Bytes, content_type: &str) -> Result<TokenSet, OAuthError> {
-        let unavailable = |what: &str, e: Box<pingora::Error>| {
-            OAuthError::Unavailable(format!("{what}: {}", e.etype().as_str()))
-        };
-        let addr = self.endpoint.addr().ok_or_else(|| {
-            OAuthError::Unavailable(format!("{} is not resolved (DNS)", self.endpoint.host))
-        })?;
-        let mut peer = HttpPeer::new(addr, self.endpoint.tls, self.endpoint.host.clone());
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.timeout);
-        peer.options.write_timeout = Some(self.timeout);
-        let (mut session, _reused) = self
-            .connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| unavailable("connect", e))?;
-        let path = if self.endpoint.path.is_empty() {
-            "/"
-        } else {
-            self.endpoint.path.as_str()
-        };
-        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))
-            .map_err(|e| OAuthError::BadResponse(format!("request: {}", e.etype().as_str())))?;
-        let headers = [
-            ("Host", self.endpoint.authority.as_str()),
-            ("Authorization", self.basic.expose()),
-            ("Content-Type", content_type),
-            ("Accept", "application/json"),
-            (
-                "User-Agent",
-                concat!("mollie-gateway/", env!("CARGO_PKG_VERSION")),
-            ),
-        ];
-        for (name, value) in headers {
-            req.insert_header(name, value)
-                .map_err(|_| OAuthError::BadResponse(format!("header {name} is not valid")))?;
-        }
-        req.insert_header("Content-Length", body.len().to_string())
-            .map_err(|_| OAuthError::BadResponse("content length".into()))?;
-        session
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| unavailable("send", e))?;
-        session
-            .write_request_body(body, true)
-            .await
-            .map_err(|e| unavailable("send body", e))?;
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| unavailable("send body", e))?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| unavailable("read answer", e))?;
-        let status = session
-            .response_header()
-            .map(|h| h.status.as_u16())
-            .ok_or_else(|| OAuthError::Unavailable("no response header".into()))?;
-        let mut answer = Vec::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| unavailable("read answer", e))?
-        {
-            if answer.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
-                return Err(OAuthError::BadResponse(format!(
-                    "answer larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
-                )));
-            }
-            answer.extend_from_slice(&chunk);
-        }
-        if session.response_done() {
-            self.connector
-                .release_http_session(session, &peer, Some(Duration::from_secs(60)))
-                .await;
-        }
-        parse_token_response(status, &answer)
-    }
-}
-
-#[async_trait::async_trait]
-impl TokenEndpoint for HttpTokenEndpoint {
-    async fn exchange(&self, grant: Grant<'_>) -> Result<TokenSet, OAuthError> {
-        if self.basic.is_empty() {
-            return Err(OAuthError::NotConfigured);
-        }
-        let (body, content_type) = encode_body(&grant, self.format);
-        match tokio::time::timeout(self.timeout, self.call(body, content_type)).await {
-            Ok(result) => result,
-            Err(_) => Err(OAuthError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
         }
     }
 }

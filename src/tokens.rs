@@ -16,29 +16,37 @@
 //! (callers wait for the refresh). The background refresher starts refreshes a jittered moment
 //! before `lifetime - w`, so requests rarely see anything but `fresh`.
 //!
-//! Sub-modules: `policy` (the timing rules and the backoff, pure), `operators` (onboarding,
-//! removal, forced refresh, state listing), `refresher` (the background service).
+//! Where refreshes run: each in a task on the runtime that started it (proxy, admin listener
+//! or refresher); its token endpoint call goes through the [`TokenEndpoint`] it was given,
+//! which in the server is `oauth::TokenClient`, so every call runs on the one runtime of token
+//! traffic (`oauth::TokenEndpointService`; see `oauth/home.rs`).
+//!
+//! Sub-modules: `error` ([`TokenError`] and its typed causes; `error.rs` at the crate root
+//! turns it into an answer), `policy` (the timing rules and the backoff, pure), `refresh` (one
+//! refresh, step by step), `operators` (onboarding, removal, forced refresh, state listing),
+//! `refresher` (the background service).
 
-use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::oauth::{Grant, OAuthError, TokenEndpoint};
+use crate::oauth::TokenEndpoint;
 use crate::store::{CredentialStore, StoredMerchant};
-use crate::types::{AccessToken, MerchantId, RefreshToken};
+use crate::types::{MerchantId, RefreshToken};
 use dashmap::DashMap;
 use http::HeaderValue;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tracing::Instrument;
 
+mod error;
 mod operators;
 mod policy;
+mod refresh;
 mod refresher;
+pub use error::{BadAnswer, Misconfigured, StoreFailure, TokenError, Unavailable};
 pub use operators::MerchantStatus;
 pub use policy::{token_times, Backoff, TokenPolicy, TokenTimes, MAX_STALE_MARGIN};
 pub use refresher::RefresherService;
@@ -60,69 +68,6 @@ impl fmt::Debug for CachedToken {
             .field("id", &self.id)
             .field("bearer", &"***")
             .finish()
-    }
-}
-
-/// Why no token could be had. Texts are safe to show.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("unknown merchant")]
-    UnknownMerchant,
-    #[error("authorization revoked")]
-    Revoked,
-    #[error("token endpoint unavailable: {reason}")]
-    Unavailable {
-        reason: String,
-        retry_after: Duration,
-    },
-    #[error("token endpoint bad response: {0}")]
-    BadResponse(String),
-    #[error("OAuth app misconfigured: {reason}")]
-    Misconfigured {
-        reason: String,
-        retry_after: Duration,
-    },
-    #[error("credential store: {0}")]
-    Store(String),
-}
-
-impl TokenError {
-    pub fn to_gateway(&self, merchant: &MerchantId) -> GatewayError {
-        let secs = |d: &Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-        match self {
-            TokenError::UnknownMerchant => GatewayError::UnknownMerchant(merchant.to_string()),
-            TokenError::Revoked => GatewayError::AuthorizationRevoked(merchant.to_string()),
-            TokenError::Unavailable {
-                reason,
-                retry_after,
-            } => GatewayError::TokenEndpointUnavailable {
-                reason: reason.clone(),
-                retry_after_secs: secs(retry_after),
-            },
-            TokenError::BadResponse(r) => GatewayError::TokenEndpointBadResponse(r.clone()),
-            TokenError::Misconfigured {
-                reason,
-                retry_after,
-            } => GatewayError::OAuthMisconfigured {
-                reason: reason.clone(),
-                retry_after_secs: secs(retry_after),
-            },
-            TokenError::Store(r) => GatewayError::StoreUnavailable(r.clone()),
-        }
-    }
-
-    fn with_retry_after(&self, d: Duration) -> TokenError {
-        match self {
-            TokenError::Unavailable { reason, .. } => TokenError::Unavailable {
-                reason: reason.clone(),
-                retry_after: d,
-            },
-            TokenError::Misconfigured { reason, .. } => TokenError::Misconfigured {
-                reason: reason.clone(),
-                retry_after: d,
-            },
-            other => other.clone(),
-        }
     }
 }
 
@@ -350,14 +295,8 @@ impl TokenManager {
         let timeout = self.inner.policy.waiter_timeout;
         match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
             Ok(Ok(result)) => result.clone().unwrap_or(Err(TokenError::UnknownMerchant)),
-            Ok(Err(_)) => Err(TokenError::Unavailable {
-                reason: "the refresh task ended without a result".into(),
-                retry_after: Duration::from_secs(1),
-            }),
-            Err(_) => Err(TokenError::Unavailable {
-                reason: format!("no token within {} ms", timeout.as_millis()),
-                retry_after: Duration::from_secs(1),
-            }),
+            Ok(Err(_)) => Err(TokenError::unavailable(Unavailable::RefreshLost)),
+            Err(_) => Err(TokenError::unavailable(Unavailable::WaitedTooLong(timeout))),
         }
     }
 
@@ -378,226 +317,8 @@ impl TokenManager {
                 Ok(())
             }
             Ok(None) => Err(TokenError::UnknownMerchant),
-            Err(e) => Err(TokenError::Store(e.to_string())),
+            Err(e) => Err(e.into()),
         }
-    }
-
-    /// Starts the one refresh of this merchant in its own task; returns where its result
-    /// appears. Called with the slot's guard held (spawning does not block).
-    fn start_refresh(
-        &self,
-        slot: &mut Slot,
-        merchant: &MerchantId,
-        now: Instant,
-    ) -> watch::Receiver<Option<RefreshResult>> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(None);
-        slot.inflight = Some(Box::new(Inflight {
-            id,
-            started: now,
-            result: rx.clone(),
-        }));
-        let this = self.clone();
-        let merchant = merchant.clone();
-        let refresh_token = slot.refresh_token.clone();
-        let span = tracing::info_span!("refresh", merchant = %merchant);
-        tokio::spawn(
-            async move {
-                let result = this.refresh(&merchant, refresh_token, id).await;
-                let _ = tx.send(Some(result));
-            }
-            .instrument(span),
-        );
-        rx
-    }
-
-    /// One refresh: call the token endpoint, store a rotated refresh token, then install.
-    async fn refresh(&self, merchant: &MerchantId, used: RefreshToken, id: u64) -> RefreshResult {
-        // The store is the truth: the merchant may have been removed, or re-authorized, by
-        // another process (CLI, admin API, another replica) since it was cached.
-        let used = match self.inner.store.get(merchant).await {
-            Ok(None) => {
-                tracing::info!("merchant no longer in the store; dropping it");
-                self.inner.slots.remove(merchant);
-                self.inner
-                    .metrics
-                    .merchants
-                    .set(self.inner.slots.len() as i64);
-                return Err(TokenError::UnknownMerchant);
-            }
-            Ok(Some(stored)) if stored.refresh_token != used => {
-                if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
-                    slot.refresh_token = stored.refresh_token.clone();
-                    slot.revoked = stored.revoked;
-                }
-                if stored.revoked {
-                    let dead = Some(&stored.refresh_token);
-                    return self.finish(merchant, id, Err(TokenError::Revoked), dead);
-                }
-                stored.refresh_token
-            }
-            Ok(Some(_)) => used,
-            Err(e) => {
-                self.count_store("load", false);
-                tracing::warn!(error = %e, "cannot read the store before refreshing; using the cached refresh token");
-                used
-            }
-        };
-        let issued = Instant::now();
-        let answer = self
-            .inner
-            .endpoint
-            .exchange(Grant::RefreshToken(&used))
-            .await;
-        self.inner
-            .metrics
-            .token_refresh_duration
-            .observe(issued.elapsed().as_secs_f64());
-        self.count_refresh("refresh_token", &answer);
-        let set = match answer {
-            Ok(set) => set,
-            Err(OAuthError::InvalidGrant(_)) => {
-                tracing::warn!(
-                    "refresh token rejected (invalid_grant): merchant must authorize again"
-                );
-                let stored = self.inner.store.mark_revoked(merchant, &used).await;
-                self.count_store("save", stored.is_ok());
-                if let Err(e) = stored {
-                    tracing::error!(error = %e, "cannot record the revocation in the store");
-                }
-                return self.finish(merchant, id, Err(TokenError::Revoked), Some(&used));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "refresh failed");
-                return self.finish(merchant, id, Err(classify(e)), None);
-            }
-        };
-        if let Some(rotated) = set.refresh_token.filter(|t| *t != used) {
-            // Durable first: a rotated refresh token that is not stored is a lost merchant.
-            let saved = self.inner.store.rotate(merchant, &rotated).await;
-            self.count_store("save", saved.is_ok());
-            match saved {
-                Ok(true) => {
-                    if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
-                        slot.refresh_token = rotated;
-                    }
-                }
-                Ok(false) => {
-                    tracing::info!("merchant was removed during its refresh; dropping it");
-                    self.inner.slots.remove(merchant);
-                    return Err(TokenError::UnknownMerchant);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot store the rotated refresh token; keeping it in memory and failing this refresh");
-                    if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
-                        slot.refresh_token = rotated;
-                    }
-                    return self.finish(merchant, id, Err(TokenError::Store(e.to_string())), None);
-                }
-            }
-        }
-        let token = self.make_token(set.access_token, set.expires_in, issued)?;
-        self.finish(merchant, id, Ok(token), None)
-    }
-
-    fn make_token(
-        &self,
-        access: AccessToken,
-        lifetime: Duration,
-        issued: Instant,
-    ) -> RefreshResult {
-        let mut bearer = HeaderValue::try_from(format!("Bearer {}", access.expose()))
-            .map_err(|_| TokenError::BadResponse("access token is not a header value".into()))?;
-        bearer.set_sensitive(true);
-        Ok(Arc::new(CachedToken {
-            bearer,
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            times: token_times(
-                issued,
-                lifetime,
-                self.inner.policy.refresh_before_expiry,
-                fastrand::f64(),
-            ),
-            expires_at: SystemTime::now() + lifetime,
-        }))
-    }
-
-    fn count_refresh<T>(&self, grant: &str, answer: &Result<T, OAuthError>) {
-        let outcome = match answer {
-            Ok(_) => "ok",
-            Err(OAuthError::InvalidGrant(_)) => "invalid_grant",
-            Err(OAuthError::InvalidClient(_)) | Err(OAuthError::NotConfigured) => "misconfigured",
-            Err(OAuthError::Unavailable(_)) => "unavailable",
-            Err(OAuthError::BadResponse(_)) => "bad_response",
-        };
-        self.inner
-            .metrics
-            .token_refreshes
-            .with_label_values(&[grant, outcome])
-            .inc();
-    }
-
-    /// Records a refresh's outcome in the slot (if it still exists) and clears `inflight`.
-    /// `revoked_token`: revoke only if the slot still holds that refresh token.
-    fn finish(
-        &self,
-        merchant: &MerchantId,
-        id: u64,
-        result: RefreshResult,
-        revoked_token: Option<&RefreshToken>,
-    ) -> RefreshResult {
-        let Some(mut slot) = self.inner.slots.get_mut(merchant) else {
-            return Err(TokenError::UnknownMerchant);
-        };
-        if slot.inflight.as_ref().is_some_and(|i| i.id == id) {
-            slot.inflight = None;
-        }
-        let now = Instant::now();
-        match &result {
-            Ok(token) => {
-                // A late (stuck) leader never replaces a newer token.
-                if slot.token.as_ref().is_none_or(|t| t.id < token.id) {
-                    slot.token = Some(token.clone());
-                }
-                slot.failures = 0;
-                slot.backoff_until = None;
-                slot.last_error = None;
-                slot.last_refresh = Some((SystemTime::now(), "ok"));
-                self.schedule(token.times.background_at, token.id, merchant);
-            }
-            Err(TokenError::Revoked) => {
-                if revoked_token.is_some_and(|t| *t == slot.refresh_token) {
-                    slot.revoked = true;
-                    slot.token = None;
-                    slot.last_refresh = Some((SystemTime::now(), "invalid_grant"));
-                } else {
-                    // A new authorization arrived while this refresh ran: try it instead.
-                    drop(slot);
-                    return Err(TokenError::Unavailable {
-                        reason: "authorization replaced during refresh".into(),
-                        retry_after: Duration::from_secs(1),
-                    });
-                }
-            }
-            Err(e) => {
-                slot.failures = slot.failures.saturating_add(1);
-                let delay = self
-                    .inner
-                    .policy
-                    .backoff
-                    .delay(slot.failures, fastrand::f64());
-                slot.backoff_until = Some(now + delay);
-                let e = e.with_retry_after(delay);
-                slot.last_error = Some(Box::new(e.clone()));
-                slot.last_refresh = Some((SystemTime::now(), "failed"));
-                if let Some(token) = &slot.token {
-                    // Try again in the background once the backoff is over.
-                    self.schedule(now + delay, token.id, merchant);
-                }
-                return Err(e);
-            }
-        }
-        result
     }
 
     fn schedule(&self, at: Instant, token_id: u64, merchant: &MerchantId) {
@@ -620,27 +341,6 @@ impl TokenManager {
             return true;
         }
         false
-    }
-}
-
-/// Maps a token endpoint failure to what callers see (backoff decides `retry_after`).
-fn classify(e: OAuthError) -> TokenError {
-    let retry_after = Duration::from_secs(1);
-    match e {
-        OAuthError::Unavailable(reason) => TokenError::Unavailable {
-            reason,
-            retry_after,
-        },
-        OAuthError::InvalidClient(reason) => TokenError::Misconfigured {
-            reason,
-            retry_after,
-        },
-        OAuthError::NotConfigured => TokenError::Misconfigured {
-            reason: "oauth.client_id and oauth.client_secret are not set (MOLLIE_GATEWAY__OAUTH__CLIENT_ID, MOLLIE_GATEWAY__OAUTH__CLIENT_SECRET)".into(),
-            retry_after,
-        },
-        OAuthError::BadResponse(r) => TokenError::BadResponse(r),
-        OAuthError::InvalidGrant(r) => TokenError::BadResponse(format!("invalid_grant: {r}")),
     }
 }
 

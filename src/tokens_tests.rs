@@ -2,9 +2,12 @@
 //! endpoint and an in-memory store (the HTTP client and the file store have their own tests).
 
 use super::*;
+use crate::oauth::{self, Grant, OAuthError};
 use crate::store::StoreError;
+use crate::types::AccessToken;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// A scripted answer: (access token, rotated refresh token, lifetime in seconds) or an error.
 type Answer = Result<(String, Option<String>, u64), OAuthError>;
@@ -212,8 +215,8 @@ async fn failures_back_off_with_retry_after_then_recover() {
     let ep = Scripted::new(
         Duration::ZERO,
         vec![
-            Err(OAuthError::Unavailable("status 503".into())),
-            Err(OAuthError::Unavailable("status 503".into())),
+            Err(OAuthError::Unavailable(oauth::Unavailable::Status(503))),
+            Err(OAuthError::Unavailable(oauth::Unavailable::Status(503))),
             ok("access_ok", 3600),
         ],
     );

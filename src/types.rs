@@ -5,7 +5,9 @@
 //! keep their text private, printing `***` in `Debug`/`Display` so that no log line, error body
 //! or `{:?}` of a struct can leak one. Only [`Secret::expose`] and friends hand the text out, and
 //! every caller of those is a place where the secret really must leave the process (an HTTP
-//! header, the credential store file).
+//! header, the credential store file). Serializing never hands it out either: the two token
+//! types have no `Serialize` (the store writes `expose()` explicitly), and `Secret` serializes
+//! masked (`***`) for the printed configuration.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -85,7 +87,8 @@ impl<'de> Deserialize<'de> for MerchantId {
     }
 }
 
-/// Declares a string newtype whose text never appears in `Debug` or `Display`.
+/// Declares a string newtype whose text never appears in `Debug` or `Display`. It has no
+/// `Serialize`: whoever must write the text out (the credential store) calls `expose()`.
 macro_rules! secret_string {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -117,12 +120,6 @@ macro_rules! secret_string {
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 String::deserialize(d).map(Self)
@@ -144,6 +141,14 @@ secret_string!(
     /// Any other secret: the OAuth client secret, the admin token.
     Secret
 );
+
+/// Masked: a set secret serializes as `***`, an unset one as `""`, so that printing the
+/// configuration (`check-config`) shows which secrets are set and never what they are.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -175,5 +180,32 @@ mod tests {
         assert_eq!(t.expose(), "refresh_supersecret");
         let s = Secret::new("hunter2");
         assert!(!format!("{s:?} {s}").contains("hunter2"));
+    }
+
+    #[test]
+    fn serializing_never_yields_a_secret() {
+        #[derive(Serialize)]
+        struct Holder {
+            set: Secret,
+            unset: Secret,
+        }
+        let holder = Holder {
+            set: Secret::new("hunter2"),
+            unset: Secret::default(),
+        };
+        let json = serde_json::to_string(&holder).unwrap();
+        assert_eq!(json, r#"{"set":"***","unset":""}"#);
+        let toml = toml::to_string(&holder).unwrap();
+        assert!(!toml.contains("hunter2"), "{toml}");
+        // The token types cannot be serialized at all: this fails to compile (the two impls
+        // below become ambiguous) as soon as either of them implements `Serialize`.
+        trait AmbiguousIfSerialize<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfSerialize<()> for T {}
+        struct IsSerialize;
+        impl<T: ?Sized + Serialize> AmbiguousIfSerialize<IsSerialize> for T {}
+        <AccessToken as AmbiguousIfSerialize<_>>::check();
+        <RefreshToken as AmbiguousIfSerialize<_>>::check();
     }
 }

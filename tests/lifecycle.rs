@@ -1,6 +1,7 @@
 //! Process lifecycle of the real binary: SIGTERM drains in-flight requests and exits 0 with
 //! its background services stopped; a graceful upgrade (`run -u`, then SIGQUIT to the old
-//! process) hands the listening sockets over without a failed request.
+//! process) hands the listening sockets over without a failed request; the token endpoint
+//! service (every token call's runtime) serves through the grace period.
 //!
 //! Try it: `cargo test --test lifecycle`.
 
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::fake_mollie::FakeMollie;
-use support::{client, log_dir, metric_value, start_with_m1};
+use support::{client, log_dir, metric_value, start_with_m1, Gateway, GatewayBuilder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Polls (bounded) until `cond` holds.
 async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
@@ -218,4 +220,89 @@ async fn graceful_upgrade_hands_over_sockets_without_a_failed_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// The admin token of the token-home test.
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// One admin request with the admin token; asserts a 200.
+async fn admin_ok(gw: &Gateway, method: &str, path: &str, body: Option<serde_json::Value>) {
+    let mut req = client()
+        .request(method.parse().unwrap(), format!("{}{path}", gw.admin_url()))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let status = req.send().await.unwrap().status();
+    assert_eq!(status, 200, "{method} {path}");
+}
+
+/// Three token calls: a proxied request's (m1's first token, the proxy's runtime), a forced
+/// refresh and a code exchange (m2) through the admin API (the admin listener's runtime).
+/// Also stores m3 without a token call.
+async fn token_calls_from_proxy_and_admin(gw: &Gateway, fake: &FakeMollie) {
+    let r = client()
+        .get(format!("{}/v2/payments", gw.base_url()))
+        .header("X-Merchant-Id", "m1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    admin_ok(gw, "POST", "/admin/merchants/m1/refresh", None).await;
+    let redirect = format!("{}/oauth/callback", gw.admin_url());
+    let code = fake.issue_code("m2", Some(&redirect));
+    let put = serde_json::json!({ "authorization_code": code });
+    admin_ok(gw, "PUT", "/admin/merchants/m2", Some(put)).await;
+    let put = serde_json::json!({ "refresh_token": fake.add_merchant("m3") });
+    admin_ok(gw, "PUT", "/admin/merchants/m3", Some(put)).await;
+    assert_eq!(fake.token_calls(), 3);
+}
+
+/// The one runtime of token traffic (`oauth/home.rs`): token calls started by proxied
+/// requests and by the admin API all run on the token endpoint service, and a request still
+/// served during the grace period can refresh through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_and_admin_token_calls_share_one_home_that_outlives_the_grace_period() {
+    let fake = FakeMollie::start().await;
+    let mut gw = GatewayBuilder::new(&fake)
+        .env("ADMIN__TOKEN", ADMIN_TOKEN)
+        .env("OAUTH__REDIRECT_URI", "http://{admin}/oauth/callback")
+        .env("SERVER__GRACE_PERIOD_SECS", "3")
+        .prepare();
+    gw.onboard(&fake, "m1");
+    gw.spawn();
+    token_calls_from_proxy_and_admin(&gw, &fake).await;
+
+    // A request for m3 whose head is still arriving when SIGTERM comes.
+    let mut raw = tokio::net::TcpStream::connect(&gw.listen).await.unwrap();
+    raw.write_all(b"GET /v2/payments HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("TERM");
+    let announced = |l: &str| l.contains("token endpoint service: shutdown announced");
+    let seen = eventually(Duration::from_secs(5), || {
+        gw.log_text().lines().any(announced)
+    })
+    .await;
+    assert!(seen, "{}", gw.log_text());
+    // The service counted the three calls: all of them ran on its runtime.
+    let log = gw.log_text();
+    let line = log.lines().find(|l| announced(l)).unwrap_or_default();
+    assert!(line.contains("calls=3"), "{line}");
+
+    // The rest of the head: m3's first token, fetched during the grace period.
+    assert_eq!(fake.token_calls_for("m3"), 0);
+    let rest = b"Host: gw\r\nX-Merchant-Id: m3\r\nConnection: close\r\n\r\n";
+    raw.write_all(rest).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer));
+    read.await.expect("no answer within 5 s").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{log}");
+    assert_eq!(fake.token_calls_for("m3"), 1);
+
+    let exit = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(15)));
+    let exit = exit.unwrap_or_else(|| panic!("still running 15 s after SIGTERM"));
+    assert!(exit.success(), "exit {exit}; log:\n{}", gw.log_text());
 }

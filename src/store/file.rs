@@ -23,11 +23,30 @@ use std::time::SystemTime;
 
 const FORMAT_VERSION: u32 = 1;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFormat {
     version: u32,
     merchants: BTreeMap<MerchantId, StoredMerchant>,
+}
+
+/// A merchant as written to the file (the fields of [`StoredMerchant`], which is read back
+/// directly): the one place the refresh token is serialized, through `expose()`.
+#[derive(Serialize)]
+struct Record<'a> {
+    refresh_token: &'a str,
+    revoked: bool,
+    updated_at: u64,
+}
+
+impl<'a> Record<'a> {
+    fn of(m: &'a StoredMerchant) -> Self {
+        Record {
+            refresh_token: m.refresh_token.expose(),
+            revoked: m.revoked,
+            updated_at: m.updated_at,
+        }
+    }
 }
 
 /// (modification time, length) of the file the cache was read from.
@@ -155,11 +174,12 @@ impl FileStore {
         #[derive(Serialize)]
         struct Out<'a> {
             version: u32,
-            merchants: &'a BTreeMap<MerchantId, StoredMerchant>,
+            merchants: BTreeMap<&'a MerchantId, Record<'a>>,
         }
+        let merchants = map.iter().map(|(id, m)| (id, Record::of(m))).collect();
         let mut bytes = serde_json::to_vec_pretty(&Out {
             version: FORMAT_VERSION,
-            merchants: map,
+            merchants,
         })
         .map_err(|e| self.io_err(std::io::Error::other(e)))?;
         bytes.push(b'\n');

@@ -9,10 +9,11 @@
 pub mod file;
 
 use crate::types::{MerchantId, RefreshToken};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-/// One merchant's durable credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One merchant's durable credentials. Not `Serialize`: a backend writes the refresh token
+/// through `expose()` itself (`file::Record`), so no other serialization can carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredMerchant {
     pub refresh_token: RefreshToken,

@@ -1,7 +1,7 @@
 //! What operators do to merchants (CLI, admin API, onboarding): store a refresh token or
 //! exchange an authorization code, remove, force a refresh, and read every merchant's state.
 
-use super::{classify, RefreshResult, Slot, TokenError, TokenManager};
+use super::{BadAnswer, RefreshResult, Slot, TokenError, TokenManager};
 use crate::oauth::{Grant, OAuthError};
 use crate::store::StoredMerchant;
 use crate::types::{MerchantId, RefreshToken, Secret};
@@ -61,7 +61,7 @@ impl TokenManager {
         let stored = StoredMerchant::new(refresh_token);
         let put = self.inner.store.put(merchant, &stored).await;
         self.count_store("save", put.is_ok());
-        put.map_err(|e| TokenError::Store(e.to_string()))?;
+        put?;
         self.inner.slots.insert(merchant.clone(), Slot::new(stored));
         self.inner
             .metrics
@@ -79,22 +79,15 @@ impl TokenManager {
         redirect_uri: Option<&str>,
     ) -> Result<(), TokenError> {
         let issued = Instant::now();
-        let answer = self
-            .inner
-            .endpoint
-            .exchange(Grant::AuthorizationCode { code, redirect_uri })
-            .await;
-        self.count_refresh("authorization_code", &answer);
-        let set = answer.map_err(|e| match e {
-            OAuthError::InvalidGrant(d) => TokenError::BadResponse(format!(
-                "the authorization code was rejected (invalid_grant: {d}); codes are single-use \
-                 and expire quickly"
-            )),
-            other => classify(other),
+        let grant = Grant::AuthorizationCode { code, redirect_uri };
+        let set = self.call_endpoint(grant).await.map_err(|e| match e {
+            OAuthError::InvalidGrant(d) => TokenError::BadResponse(BadAnswer::CodeRejected(d)),
+            other => TokenError::from_endpoint(other),
         })?;
-        let refresh_token = set.refresh_token.clone().ok_or_else(|| {
-            TokenError::BadResponse("the code exchange returned no refresh_token".into())
-        })?;
+        let refresh_token = set
+            .refresh_token
+            .clone()
+            .ok_or(TokenError::BadResponse(BadAnswer::NoRefreshToken))?;
         self.add_refresh_token(merchant, refresh_token).await?;
         let token = self.make_token(set.access_token, set.expires_in, issued)?;
         if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
@@ -109,7 +102,7 @@ impl TokenManager {
     pub async fn remove(&self, merchant: &MerchantId) -> Result<bool, TokenError> {
         let removed = self.inner.store.remove(merchant).await;
         self.count_store("remove", removed.is_ok());
-        let removed = removed.map_err(|e| TokenError::Store(e.to_string()))?;
+        let removed = removed?;
         self.inner.slots.remove(merchant);
         self.inner
             .metrics
