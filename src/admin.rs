@@ -27,7 +27,7 @@
 use crate::admin_api::AdminApi;
 use crate::metrics::Metrics;
 use crate::onboarding::Onboarding;
-use crate::store::file::FileStore;
+use crate::store::CredentialStore;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -45,7 +45,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    pub store: Arc<FileStore>,
+    pub store: Arc<dyn CredentialStore>,
     /// The proxy listener, probed by `/readyz`.
     pub proxy_addr: std::net::SocketAddr,
     /// `/admin/…`, behind `admin.token`.
@@ -136,11 +136,7 @@ pub(crate) async fn discard_body(session: &mut ServerSession) {
 
 impl Admin {
     async fn readiness(&self) -> Result<(), String> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.check_readable())
-            .await
-            .map_err(|e| format!("store check failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+        self.store.check().await.map_err(|e| e.to_string())?;
         let probe = tokio::net::TcpStream::connect(self.proxy_addr);
         match tokio::time::timeout(Duration::from_secs(1), probe).await {
             Ok(Ok(_)) => Ok(()),

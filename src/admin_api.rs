@@ -160,12 +160,12 @@ impl AdminApi {
         let mut all = self.tokens.statuses();
         let stored = self
             .store
-            .load_all()
+            .list()
             .await
             .map_err(|e| Failure::Gateway(GatewayError::StoreUnavailable(e.to_string())))?;
-        for (id, m) in stored {
-            if all.iter().all(|s| s.id != id) {
-                all.push(stored_status(id, m.revoked));
+        for m in stored {
+            if all.iter().all(|s| s.id != m.id) {
+                all.push(stored_status(m.id, m.revoked));
             }
         }
         all.sort_by(|a, b| a.id.cmp(&b.id));

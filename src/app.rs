@@ -13,6 +13,7 @@ use crate::oauth::HttpTokenEndpoint;
 use crate::onboarding::Onboarding;
 use crate::proxy::{Gateway, ProxyListener, Upstreams};
 use crate::store::file::FileStore;
+use crate::store::CredentialStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
 use pingora::apps::http_app::HttpServer;
@@ -53,7 +54,7 @@ pub struct Parts {
     pub upstream: Arc<Endpoint>,
     pub token_endpoint: Arc<Endpoint>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<FileStore>,
+    pub store: Arc<dyn CredentialStore>,
     pub tokens: TokenManager,
 }
 
@@ -64,8 +65,10 @@ impl Parts {
             .map_err(|e| StartError(format!("upstream.base_url: {e}")))?;
         let token_endpoint = Endpoint::parse(&settings.upstream.token_url)
             .map_err(|e| StartError(format!("upstream.token_url: {e}")))?;
-        let store = FileStore::open(&settings.store.path)
-            .map_err(|e| StartError(format!("store.path: {e}")))?;
+        let store: Arc<dyn CredentialStore> = Arc::new(
+            FileStore::open(&settings.store.path)
+                .map_err(|e| StartError(format!("store.path: {e}")))?,
+        );
         let metrics = Arc::new(Metrics::default());
         let connector = Connector::new(Some(
             pingora::connectors::ConnectorOptions::from_server_conf(conf),
@@ -76,7 +79,7 @@ impl Parts {
             connector,
         ));
         let policy = TokenPolicy::from_settings(&settings).map_err(StartError)?;
-        let tokens = TokenManager::new(endpoint, Arc::new(store.clone()), policy, metrics.clone());
+        let tokens = TokenManager::new(endpoint, store.clone(), policy, metrics.clone());
         Ok(Parts {
             settings,
             upstream,
@@ -172,7 +175,7 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
         proxy_addr: listen
             .parse()
             .map_err(|_| StartError(format!("server.listen {listen} is not ip:port")))?,
-        api: AdminApi::new(s, parts.tokens.clone(), Arc::new(parts.store.clone())),
+        api: AdminApi::new(s, parts.tokens.clone(), parts.store.clone()),
         onboarding: Onboarding::new(s, parts.tokens.clone()).map_err(StartError)?,
     };
     let mut admin = Service::new(
@@ -198,7 +201,7 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
     tracing::info!(
         listen = %listen,
         upstream = %s.upstream.base_url,
-        store = %parts.store.path().display(),
+        store = %s.store.path.display(),
         merchants,
         "mollie-gateway starting"
     );
