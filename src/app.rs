@@ -5,18 +5,15 @@
 //! own runtimes (store load, first DNS resolution) on a short-lived runtime.
 //! Must not: parse the command line (main.rs) or serve anything itself.
 
-use crate::admin::Admin;
-use crate::admin_api::AdminApi;
+use crate::admin::{Admin, AdminApi, Onboarding};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::oauth::HttpTokenEndpoint;
-use crate::onboarding::Onboarding;
 use crate::proxy::{Gateway, ProxyListener, Upstreams};
 use crate::store::file::FileStore;
 use crate::store::CredentialStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
-use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
@@ -175,13 +172,14 @@ pub fn build_server(settings: Settings, upgrade: bool) -> Result<Server, StartEr
         proxy_addr: listen
             .parse()
             .map_err(|_| StartError(format!("server.listen {listen} is not ip:port")))?,
+        endpoints: vec![
+            ("upstream.base_url", parts.upstream.clone()),
+            ("upstream.token_url", parts.token_endpoint.clone()),
+        ],
         api: AdminApi::new(s, parts.tokens.clone(), parts.store.clone()),
         onboarding: Onboarding::new(s, parts.tokens.clone()).map_err(StartError)?,
     };
-    let mut admin = Service::new(
-        "mollie-gateway admin".to_string(),
-        HttpServer::new_app(admin),
-    );
+    let mut admin = Service::new("mollie-gateway admin".to_string(), admin.into_service());
     admin.add_tcp(&s.server.admin_listen);
     server.add_service(admin);
     server.add_service(background_service(

@@ -14,19 +14,19 @@
 //!   `HttpServerApp`): origin-form targets, the exchange and its attempt policy (401 replay,
 //!   one retry on a fresh connection), streamed responses.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
-//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`), routing to:
-//! - [`admin_api`]: `/admin/merchants…`, behind `admin.token`;
-//! - [`onboarding`]: `/oauth/connect` and `/oauth/callback` (signed `state`).
+//! - [`admin`]: the admin listener, an axum router served through a pingora service
+//!   (`admin::serve`): `/metrics`, `/healthz`, `/readyz`, the admin API under `/admin/`
+//!   behind `admin.token` (`admin::api`), OAuth onboarding at `/oauth/connect` and
+//!   `/oauth/callback` (`admin::onboarding`, its signed `state` in `admin::state`), and the
+//!   one admin error type (`admin::error`).
 //! - [`app`]: building the pingora server from settings (used by `main.rs`).
 
 pub mod admin;
-pub mod admin_api;
 pub mod app;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod oauth;
-pub mod onboarding;
 pub mod proxy;
 pub mod rewrite;
 pub mod store;
