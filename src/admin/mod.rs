@@ -163,3 +163,32 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::file::FileStore;
+
+    #[tokio::test]
+    async fn readiness_wants_every_host_resolved_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("creds.json")).unwrap();
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let literal = Endpoint::parse("http://127.0.0.1:1/oauth2/tokens").unwrap();
+        let mut health = Health {
+            metrics: Arc::new(Metrics::default()),
+            store: Arc::new(store),
+            proxy_addr: proxy.local_addr().unwrap(),
+            endpoints: vec![("upstream.token_url", literal)],
+        };
+        assert_eq!(health.readiness().await, Ok(()));
+
+        let unresolved = Endpoint::parse("http://no-such-host.invalid").unwrap();
+        health.endpoints.push(("upstream.base_url", unresolved));
+        let reason = health.readiness().await.unwrap_err();
+        assert!(
+            reason.starts_with("upstream.base_url: host no-such-host.invalid"),
+            "{reason}"
+        );
+    }
+}
