@@ -14,11 +14,12 @@
 //!   `HttpServerApp`): origin-form targets, the exchange and its attempt policy (401 replay,
 //!   one retry on a fresh connection), streamed responses.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
-//! - [`admin`]: the admin listener, an axum router served through a pingora service
-//!   (`admin::serve`): `/metrics`, `/healthz`, `/readyz`, the admin API under `/admin/`
-//!   behind `admin.token` (`admin::api`), OAuth onboarding at `/oauth/connect` and
-//!   `/oauth/callback` (`admin::onboarding`, its signed `state` in `admin::state`), and the
-//!   one admin error type (`admin::error`).
+//! - [`admin`]: the admin listener, an axum router (`/metrics`, `/healthz`, `/readyz`):
+//!   - [`admin::api`]: `/admin/merchants…`, behind `admin.token`;
+//!   - [`admin::onboarding`]: `/oauth/connect` and `/oauth/callback`, with
+//!     [`admin::state`], the signed OAuth `state`;
+//!   - [`admin::error`]: `AdminError`, the one admin error type (Mollie-shaped);
+//!   - [`admin::serve`]: the pingora service that hands each connection to hyper.
 //! - [`app`]: building the pingora server from settings (used by `main.rs`).
 
 pub mod admin;
