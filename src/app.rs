@@ -5,19 +5,17 @@
 //! own runtimes (store load, first DNS resolution) on a short-lived runtime.
 //! Must not: parse the command line (main.rs) or serve anything itself.
 
-use crate::admin::Admin;
-use crate::admin_api::AdminApi;
+use crate::admin::{Admin, AdminApi, AdminService, Onboarding};
 use crate::config::Settings;
 use crate::listen::{BoundAddr, Listening, Socket};
 use crate::metrics::Metrics;
 use crate::oauth::{HttpTokenEndpoint, TokenEndpoint, TokenEndpointService};
-use crate::onboarding::Onboarding;
 use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::reload::{ConfigSource, ReloadService};
 use crate::store::file::FileStore;
+use crate::store::CredentialStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
-use pingora::apps::http_app::HttpServer;
 use pingora::connectors::http::Connector;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
@@ -55,7 +53,7 @@ pub struct Parts {
     pub upstream: Arc<Endpoint>,
     pub token_endpoint: Arc<Endpoint>,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<FileStore>,
+    pub store: Arc<dyn CredentialStore>,
     pub tokens: TokenManager,
 }
 
@@ -89,8 +87,10 @@ impl Parts {
             .map_err(|e| StartError(format!("upstream.base_url: {e}")))?;
         let token_endpoint = Endpoint::parse(&settings.upstream.token_url)
             .map_err(|e| StartError(format!("upstream.token_url: {e}")))?;
-        let store = FileStore::open(&settings.store.path)
-            .map_err(|e| StartError(format!("store.path: {e}")))?;
+        let store: Arc<dyn CredentialStore> = Arc::new(
+            FileStore::open(&settings.store.path)
+                .map_err(|e| StartError(format!("store.path: {e}")))?,
+        );
         let metrics = Arc::new(Metrics::default());
         let connector = Connector::new(Some(
             pingora::connectors::ConnectorOptions::from_server_conf(conf),
@@ -101,7 +101,7 @@ impl Parts {
             connector,
         )));
         let policy = TokenPolicy::from_settings(&settings).map_err(StartError)?;
-        let tokens = TokenManager::new(endpoint, Arc::new(store.clone()), policy, metrics.clone());
+        let tokens = TokenManager::new(endpoint, store.clone(), policy, metrics.clone());
         let parts = Parts {
             settings,
             upstream,
@@ -181,7 +181,7 @@ pub fn build_server(
     tracing::info!(
         listen = %s.server.listen,
         upstream = %s.upstream.base_url,
-        store = %parts.store.path().display(),
+        store = %s.store.path.display(),
         merchants,
         "mollie-gateway starting"
     );
@@ -261,24 +261,25 @@ fn admin_service(
     parts: &Parts,
     listen: &str,
     proxy_addr: BoundAddr,
-) -> Result<Service<HttpServer<Admin>>, StartError> {
+) -> Result<Service<AdminService>, StartError> {
     let s = &parts.settings;
     let admin = Admin {
         metrics: parts.metrics.clone(),
         store: parts.store.clone(),
         proxy_addr,
-        api: AdminApi::new(s, parts.tokens.clone(), Arc::new(parts.store.clone())),
+        endpoints: vec![
+            ("upstream.base_url", parts.upstream.clone()),
+            ("upstream.token_url", parts.token_endpoint.clone()),
+        ],
+        api: AdminApi::new(s, parts.tokens.clone(), parts.store.clone()),
         onboarding: Onboarding::new(s, parts.tokens.clone()).map_err(StartError)?,
     };
-    let mut admin = Service::new(
-        "mollie-gateway admin".to_string(),
-        HttpServer::new_app(admin),
-    );
+    let mut admin = Service::new("mollie-gateway admin".to_string(), admin.into_service());
     admin.add_tcp(listen);
     Ok(admin)
 }
 
-/// The DNS resolver and, unless disabled, the background token refresher.
+/// The DNS resolver, the token endpoint's home and, unless disabled, the background refresher.
 fn add_background_services(server: &mut Server, parts: &Parts, token_home: TokenEndpointService) {
     server.add_service(background_service(
         "resolver",

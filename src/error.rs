@@ -134,13 +134,7 @@ impl GatewayError {
             Some(id) => format!("mollie-gateway: {self} (request id {id})"),
             None => format!("mollie-gateway: {self}"),
         };
-        let value = json!({
-            "status": status,
-            "title": title(status),
-            "detail": detail,
-            "_links": {"documentation": {"href": ERROR_DOCS_URL, "type": "text/html"}},
-        });
-        Bytes::from(value.to_string())
+        mollie_body(status, &detail)
     }
 
     /// The full response: status, Mollie's content type, `X-Gateway-Error`, `Retry-After`,
@@ -206,6 +200,18 @@ impl TokenError {
             TokenError::Store(e) => GatewayError::StoreUnavailable(e.to_string()),
         }
     }
+}
+
+/// Mollie's error shape: `{"status", "title", "detail", "_links": {"documentation": …}}`.
+/// The one place it is written, for the proxy's errors and the admin API's.
+pub fn mollie_body(status: u16, detail: &str) -> Bytes {
+    let value = json!({
+        "status": status,
+        "title": title(status),
+        "detail": detail,
+        "_links": {"documentation": {"href": ERROR_DOCS_URL, "type": "text/html"}},
+    });
+    Bytes::from(value.to_string())
 }
 
 /// Mollie's titles for the statuses the gateway answers.

@@ -17,15 +17,17 @@
 //!   one retry on a fresh connection), streamed responses.
 //! - [`reload`]: SIGHUP reloads `[clients]` and `[merchants.defaults]`.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
-//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`), routing to:
-//! - [`admin_api`]: `/admin/merchants…`, behind `admin.token`;
-//! - [`onboarding`]: `/oauth/connect` and `/oauth/callback` (signed `state`).
+//! - [`admin`]: the admin listener, an axum router (`/metrics`, `/healthz`, `/readyz`):
+//!   - [`admin::api`]: `/admin/merchants…`, behind `admin.token`;
+//!   - [`admin::onboarding`]: `/oauth/connect` and `/oauth/callback`, with
+//!     [`admin::state`], the signed OAuth `state`;
+//!   - [`admin::error`]: `AdminError`, the one admin error type (Mollie-shaped);
+//!   - [`admin::serve`]: the pingora service that hands each connection to hyper.
 //! - [`listen`]: the listening sockets, bound by the gateway and handed to pingora, so that
 //!   port 0 works and the bound addresses are known (`server.bound_addrs_file`).
 //! - [`app`]: building the pingora server from settings (used by `main.rs`).
 
 pub mod admin;
-pub mod admin_api;
 pub mod app;
 pub mod clients;
 pub mod config;
@@ -33,7 +35,6 @@ pub mod error;
 pub mod listen;
 pub mod metrics;
 pub mod oauth;
-pub mod onboarding;
 pub mod proxy;
 pub mod reload;
 pub mod rewrite;

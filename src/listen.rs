@@ -35,6 +35,13 @@ impl BoundAddr {
     pub fn get(&self) -> Option<SocketAddr> {
         self.0.get().copied()
     }
+
+    /// An address known from the start (tests).
+    pub fn known(addr: SocketAddr) -> BoundAddr {
+        let bound = BoundAddr::default();
+        let _ = bound.0.set(addr);
+        bound
+    }
 }
 
 /// Every listener of the process and where their addresses are written.

@@ -279,7 +279,9 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
                 Ok(())
             }
             MerchantsCommand::List => {
-                let all = mollie_gateway::store::CredentialStore::load_all(&parts.store)
+                let all = parts
+                    .store
+                    .load_all()
                     .await
                     .map_err(|e| StartError(e.to_string()))?;
                 println!("{:<40} {:<8} updated_at", "merchant", "state");

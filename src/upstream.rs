@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How often resolved addresses are refreshed, and how soon after a failure we try again.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
@@ -82,6 +83,16 @@ impl Endpoint {
         Some(addrs[i])
     }
 
+    /// True once the host has resolved at least once (an IP literal always has): a failed
+    /// re-resolution keeps the last good addresses, so this never turns false again.
+    pub fn has_resolved(&self) -> bool {
+        !self
+            .addrs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// True when the host is an IP literal (nothing to resolve).
     pub fn is_literal(&self) -> bool {
         self.host.parse::<std::net::IpAddr>().is_ok()
@@ -113,9 +124,17 @@ pub struct ResolverService {
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for ResolverService {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let span = tracing::info_span!("resolver");
-        let _enter = span.enter();
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        // `.instrument`, not `span.enter()`: an entered guard held across `.await` would tag
+        // whatever else runs on this thread meanwhile.
+        self.run(shutdown)
+            .instrument(tracing::info_span!("resolver"))
+            .await
+    }
+}
+
+impl ResolverService {
+    async fn run(&self, mut shutdown: pingora::server::ShutdownWatch) {
         if self.endpoints.iter().all(|e| e.is_literal()) {
             return;
         }
@@ -149,10 +168,12 @@ mod tests {
         );
         assert_eq!(e.authority, "api.mollie.com");
         assert_eq!(e.addr(), None);
+        assert!(!e.has_resolved());
         let t = Endpoint::parse("http://127.0.0.1:8081/oauth2/tokens").unwrap();
         assert_eq!(t.path, "/oauth2/tokens");
         assert_eq!(t.authority, "127.0.0.1:8081");
         assert_eq!(t.addr(), Some("127.0.0.1:8081".parse().unwrap()));
+        assert!(t.has_resolved(), "an IP literal needs no DNS");
         assert!(Endpoint::parse("ftp://x").is_err());
     }
 
@@ -161,8 +182,10 @@ mod tests {
         let e = Endpoint::parse("http://localhost:1234").unwrap();
         e.resolve().await.unwrap();
         assert_eq!(e.addr().unwrap().port(), 1234);
+        assert!(e.has_resolved());
         let bad = Endpoint::parse("http://no-such-host.invalid").unwrap();
         assert!(bad.resolve().await.is_err());
         assert_eq!(bad.addr(), None);
+        assert!(!bad.has_resolved());
     }
 }

@@ -1,8 +1,10 @@
 //! The admin listener's health endpoints: `/healthz` while the process serves, `/readyz` only
-//! while the credential store is readable and the proxy accepts.
+//! while the credential store is readable, the upstream and token endpoint hosts have
+//! resolved and the proxy accepts.
 
 mod support;
 
+use std::time::{Duration, Instant};
 use support::fake_mollie::FakeMollie;
 use support::{client, GatewayBuilder};
 
@@ -48,4 +50,41 @@ async fn readyz_follows_the_store_and_healthz_the_process() {
         .await
         .unwrap();
     assert_eq!(post.status(), 405);
+}
+
+#[tokio::test]
+async fn readyz_waits_until_the_upstream_host_has_resolved() {
+    let fake = FakeMollie::start().await;
+    let mut gw = GatewayBuilder::new(&fake)
+        .env("UPSTREAM__BASE_URL", "http://no-such-host.invalid")
+        .prepare();
+    gw.spawn_unready();
+    // Start-up waits (bounded) for DNS, then serves anyway: poll until the admin answers.
+    let url = format!("{}/readyz", gw.admin_url());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        if let Ok(resp) = client().get(&url).send().await {
+            break resp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no admin listener:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status(), 503);
+    let v: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(v["status"], "not ready");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("upstream.base_url") && reason.contains("no-such-host.invalid"),
+        "{reason}"
+    );
+    let health = client()
+        .get(format!("{}/healthz", gw.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "alive, just not ready");
 }

@@ -1,7 +1,7 @@
 //! OAuth onboarding (`/oauth/connect`, `/oauth/callback` on the admin listener) through a real
 //! gateway process in front of the fake Mollie: the redirect to Mollie, the signed state's
 //! round trip, and every way a callback is refused. Expiry on a clock is unit-tested in
-//! `src/onboarding.rs`; here an expired state is minted with the configured secret.
+//! `src/admin/state.rs`; here an expired state is minted with the configured secret.
 
 mod support;
 

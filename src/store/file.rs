@@ -75,11 +75,6 @@ impl FileStore {
         &self.path
     }
 
-    /// Readiness: the file (if it exists) can be read and parsed now.
-    pub fn check_readable(&self) -> Result<(), StoreError> {
-        self.refresh_cache().map(drop)
-    }
-
     fn io_err(&self, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: self.path.display().to_string(),
@@ -300,6 +295,11 @@ impl CredentialStore for Arc<FileStore> {
         })
         .await
     }
+
+    /// The file (if it exists) can be read and parsed now.
+    async fn check(&self) -> Result<(), StoreError> {
+        blocking(self, |s| s.refresh_cache().map(drop)).await
+    }
 }
 
 #[cfg(test)]
@@ -352,8 +352,12 @@ mod tests {
         let all = FileStore::open(&path).unwrap().load_all().await.unwrap();
         assert_eq!(all.len(), 2);
         assert!(all[0].1.revoked);
+        let listed = store.list().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!((listed[0].id.as_str(), listed[0].revoked), ("m1", true));
         assert!(store.remove(&id("m2")).await.unwrap());
         assert!(!store.remove(&id("m2")).await.unwrap());
+        store.check().await.unwrap();
     }
 
     #[tokio::test]
@@ -364,5 +368,14 @@ mod tests {
         let err = FileStore::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{not json");
+        // A store that was fine and is corrupted later fails its readiness check.
+        let ok = dir.path().join("ok.json");
+        let store = FileStore::open(&ok).unwrap();
+        store.check().await.unwrap();
+        std::fs::write(&ok, "{half").unwrap();
+        assert!(matches!(
+            store.check().await,
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

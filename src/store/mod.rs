@@ -4,7 +4,9 @@
 //! merchant must authorize again), whether it was revoked, and when it last changed. Access
 //! tokens are not stored: they live an hour and are re-fetched on demand.
 //! Must not: hold a lock across `.await` in callers' paths, or ever write a partial record.
-//! Backends: [`file::FileStore`] (embedded default).
+//! Backends: [`file::FileStore`] (embedded default). Everything outside `store/` (token
+//! manager, admin API, readiness) holds an `Arc<dyn CredentialStore>`, so a backend plugs in
+//! here without touching them.
 
 pub mod file;
 
@@ -36,6 +38,7 @@ impl StoredMerchant {
     }
 }
 
+/// Wall-clock unix seconds (0 before 1970): the one clock of stored and shown timestamps.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -53,6 +56,15 @@ pub enum StoreError {
     },
     #[error("credential store {path} is not valid ({reason}); fix or move it: it is never overwritten while unreadable")]
     Corrupt { path: String, reason: String },
+}
+
+/// What may be shown of a stored merchant (admin listing): never its refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantSummary {
+    pub id: MerchantId,
+    pub revoked: bool,
+    /// Unix seconds of the last change.
+    pub updated_at: u64,
 }
 
 /// What the gateway, the CLI and the admin API need of a store. Every write is durable when
@@ -80,4 +92,26 @@ pub trait CredentialStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Removes a merchant; `Ok(false)` when there was none.
     async fn remove(&self, id: &MerchantId) -> Result<bool, StoreError>;
+    /// Readiness: the store can be read now (`/readyz` answers 503 with the error otherwise).
+    /// The default reads everything; a backend with a cheaper probe (a `PING`) overrides it.
+    async fn check(&self) -> Result<(), StoreError> {
+        self.load_all().await.map(drop)
+    }
+    /// Every stored merchant without its secrets, sorted by id. The default reads
+    /// [`load_all`](Self::load_all); a backend that can list without reading secrets
+    /// overrides it.
+    async fn list(&self) -> Result<Vec<MerchantSummary>, StoreError> {
+        let mut all: Vec<MerchantSummary> = self
+            .load_all()
+            .await?
+            .into_iter()
+            .map(|(id, m)| MerchantSummary {
+                id,
+                revoked: m.revoked,
+                updated_at: m.updated_at,
+            })
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
+    }
 }

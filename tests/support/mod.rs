@@ -237,6 +237,16 @@ impl Gateway {
     /// bound addresses, then until `/readyz` answers 200.
     pub fn spawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        self.start(deadline);
+        self.wait_ready(deadline);
+    }
+
+    /// Starts `run` and waits (bounded) for the bound addresses only, not for `/readyz`.
+    pub fn spawn_unready(&mut self) {
+        self.start(Instant::now() + Duration::from_secs(20));
+    }
+
+    fn start(&mut self, deadline: Instant) {
         let _ = std::fs::remove_file(&self.bound_file); // a previous run's
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -260,7 +270,6 @@ impl Gateway {
             self.hand_over(deadline);
         }
         self.read_bound_addrs(deadline);
-        self.wait_ready(deadline);
     }
 
     /// Sends the harness's sockets to `run -u`, as an old gateway process would on SIGQUIT.
