@@ -202,30 +202,21 @@ impl Gateway {
 mod tests {
     use super::*;
 
-    const IDEMPOTENT: Request = Request {
-        idempotent: true,
-        body_at_hand: true,
-    };
-    const POST: Request = Request {
-        idempotent: false,
-        body_at_hand: true,
-    };
-    const BIG_BODY: Request = Request {
-        idempotent: true,
-        body_at_hand: false,
-    };
-    const FIRST: History = History {
-        replayed: false,
-        retried: false,
-    };
-    const REPLAYED: History = History {
-        replayed: true,
-        retried: false,
-    };
-    const RETRIED: History = History {
-        replayed: false,
-        retried: true,
-    };
+    const fn request(idempotent: bool, body_at_hand: bool) -> Request {
+        Request {
+            idempotent,
+            body_at_hand,
+        }
+    }
+    const fn history(replayed: bool, retried: bool) -> History {
+        History { replayed, retried }
+    }
+    const IDEMPOTENT: Request = request(true, true);
+    const POST: Request = request(false, true);
+    const BIG_BODY: Request = request(true, false);
+    const FIRST: History = history(false, false);
+    const REPLAYED: History = history(true, false);
+    const RETRIED: History = history(false, true);
 
     fn answered(status: u16) -> Attempt {
         Attempt::Answered(StatusCode::from_u16(status).unwrap())

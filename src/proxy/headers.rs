@@ -47,6 +47,45 @@ fn connection_named(headers: &http::HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// A request or response head, for the hop-by-hop removal both directions share.
+trait Head {
+    fn headers(&self) -> &http::HeaderMap;
+    fn remove(&mut self, name: &str);
+}
+
+impl Head for RequestHeader {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+}
+
+impl Head for ResponseHeader {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+}
+
+/// Drops `Connection`, the headers it names and the other hop-by-hop headers.
+fn drop_hop_by_hop(head: &mut impl Head) {
+    if head.headers().contains_key(CONNECTION) {
+        for name in connection_named(head.headers()) {
+            head.remove(name.as_str());
+        }
+        head.remove(CONNECTION.as_str());
+    }
+    for name in HOP_BY_HOP {
+        if head.headers().contains_key(name) {
+            head.remove(name);
+        }
+    }
+}
+
 /// The rewrite every upstream request gets, on every attempt (see the module text).
 /// `has_body`: the caller's request has a body (decides the upstream framing).
 pub fn rewrite_upstream_headers(
@@ -56,17 +95,7 @@ pub fn rewrite_upstream_headers(
     host: &HeaderValue,
     has_body: bool,
 ) -> Result<()> {
-    if req.headers.contains_key(CONNECTION) {
-        for name in connection_named(&req.headers) {
-            req.remove_header(&name);
-        }
-        req.remove_header(&CONNECTION);
-    }
-    for name in HOP_BY_HOP {
-        if req.headers.contains_key(name) {
-            req.remove_header(name);
-        }
-    }
+    drop_hop_by_hop(req);
     for name in [&PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION, &UPGRADE, &EXPECT] {
         if req.headers.contains_key(name) {
             req.remove_header(name);
@@ -105,17 +134,7 @@ pub fn rewrite_upstream_headers(
 
 /// Drops the hop-by-hop headers of an upstream response (and those its `Connection` names).
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
-    if resp.headers.contains_key(CONNECTION) {
-        for name in connection_named(&resp.headers) {
-            resp.remove_header(&name);
-        }
-        resp.remove_header(&CONNECTION);
-    }
-    for name in HOP_BY_HOP {
-        if resp.headers.contains_key(name) {
-            resp.remove_header(name);
-        }
-    }
+    drop_hop_by_hop(resp);
     // The gateway never asks for an upgrade (it drops the caller's `Upgrade`), so no response
     // it forwards switches protocols.
     if resp.headers.contains_key(UPGRADE) {
