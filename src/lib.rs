@@ -2,19 +2,23 @@
 //! merchant's self-refreshing Mollie Connect access token on every request.
 //!
 //! # Layout
-//! - [`config`]: typed settings from `conf/gateway.toml` + `MOLLIE_GATEWAY__…` env, validated.
+//! - [`config`]: typed settings from `conf/gateway.toml` + `MOLLIE_GATEWAY__…` env, validated
+//!   (`config/validate.rs`, one method per section).
 //! - [`types`]: `MerchantId` and the secret newtypes (`***` in every `Debug`).
 //! - [`clients`]: callers' gateway keys (hashes only) and merchant allowlists.
 //! - [`error`]: the gateway's own errors → status, `X-Gateway-Error`, Mollie-shaped body.
 //! - [`upstream`]: upstream/token endpoint URLs and their asynchronous DNS.
-//! - [`oauth`]: the token endpoint client (both grants) and its service, the one runtime every
-//!   token call of the server runs on.
-//! - [`tokens`]: the token cache, single-flight refresh, backoff, background refresher.
+//! - [`oauth`]: the token endpoint client (both grants; `oauth/http.rs`, `oauth/error.rs`) and
+//!   its service (`oauth/home.rs`), the one runtime every token call of the server runs on.
+//! - [`tokens`]: the token cache, single-flight refresh (`tokens/refresh.rs`), errors, policy,
+//!   backoff, operator actions, the background refresher.
 //! - [`store`]: durable credentials (`CredentialStore`; file backend).
 //! - [`rewrite`]: testmode/profileId defaults and the streaming HAL link rewriter.
-//! - [`proxy`]: the proxy listener (connection cap, head deadline) and the proxy (a pingora-core
-//!   `HttpServerApp`): origin-form targets, the exchange and its attempt policy (401 replay,
-//!   one retry on a fresh connection), streamed responses.
+//! - [`proxy`]: the proxy (a pingora-core `HttpServerApp`) and its parts: `listener` (connection
+//!   cap, head deadline, the HTTP/1 keep-alive loop), `caller` (gateway keys, the merchant),
+//!   `defaults` (testmode/profileId), `headers` (pure head rewrites, origin-form targets,
+//!   request ids), `exchange` (the attempt policy: 401 replay, one retry on a fresh
+//!   connection), `pool` (upstream connections), `response` (streaming to the caller).
 //! - [`reload`]: SIGHUP reloads `[clients]` and `[merchants.defaults]`.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
 //! - [`admin`]: the admin listener, an axum router (`/metrics`, `/healthz`, `/readyz`):
