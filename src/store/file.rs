@@ -10,6 +10,7 @@
 //!
 //! Blocking file I/O runs on tokio's blocking pool.
 
+use super::crypto::{Field, Sealing, StoredSecret};
 use super::{unix_now, CredentialStore, StoreError, StoredMerchant};
 use crate::types::{MerchantId, RefreshToken};
 use serde::{Deserialize, Serialize};
@@ -21,31 +22,54 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-const FORMAT_VERSION: u32 = 1;
+/// Version 1: secret fields in plaintext (written without a key file, and by older releases).
+const PLAIN_VERSION: u32 = 1;
+/// Version 2: secret fields sealed ([`super::crypto`]); older releases refuse it by version.
+const SEALED_VERSION: u32 = 2;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFormat {
     version: u32,
-    merchants: BTreeMap<MerchantId, StoredMerchant>,
+    merchants: BTreeMap<MerchantId, Record>,
 }
 
-/// A merchant as written to the file (the fields of [`StoredMerchant`], which is read back
-/// directly): the one place the refresh token is serialized, through `expose()`.
-#[derive(Serialize)]
-struct Record<'a> {
-    refresh_token: &'a str,
+/// A merchant as written to the file: the one place its secret fields are serialized,
+/// sealed by [`Record::seal`] and opened by [`Record::open`] (either format is read).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    refresh_token: StoredSecret,
+    #[serde(default)]
     revoked: bool,
+    #[serde(default)]
     updated_at: u64,
 }
 
-impl<'a> Record<'a> {
-    fn of(m: &'a StoredMerchant) -> Self {
-        Record {
-            refresh_token: m.refresh_token.expose(),
+impl Record {
+    fn seal(
+        sealing: &Sealing,
+        id: &MerchantId,
+        m: &StoredMerchant,
+    ) -> Result<Self, super::crypto::CryptoError> {
+        Ok(Record {
+            refresh_token: sealing.seal(id, Field::RefreshToken, m.refresh_token.expose())?,
             revoked: m.revoked,
             updated_at: m.updated_at,
-        }
+        })
+    }
+
+    fn open(
+        &self,
+        sealing: &Sealing,
+        id: &MerchantId,
+    ) -> Result<StoredMerchant, super::crypto::CryptoError> {
+        let token = sealing.open(id, Field::RefreshToken, &self.refresh_token)?;
+        Ok(StoredMerchant {
+            refresh_token: RefreshToken::new(token),
+            revoked: self.revoked,
+            updated_at: self.updated_at,
+        })
     }
 }
 
@@ -54,6 +78,8 @@ type Stamp = Option<(SystemTime, u64)>;
 
 pub struct FileStore {
     path: PathBuf,
+    /// Seals secret fields on every write (plaintext without a key file).
+    sealing: Sealing,
     /// The last contents read or written, and the file stamp they belong to. A std mutex:
     /// held only while copying, never across `.await` (all I/O runs in `spawn_blocking`).
     cache: Mutex<(Stamp, Arc<BTreeMap<MerchantId, StoredMerchant>>)>,
@@ -62,9 +88,20 @@ pub struct FileStore {
 impl FileStore {
     /// Opens the store, reading the file now so that an unreadable or corrupt file stops the
     /// start-up with a clear error. A missing file is an empty store, created on first write.
+    /// Without a key file: records are written in plaintext.
     pub fn open(path: impl Into<PathBuf>) -> Result<Arc<FileStore>, StoreError> {
+        FileStore::open_sealed(path, Sealing::default())
+    }
+
+    /// As [`FileStore::open`], sealing every record written with `sealing`'s newest key. A
+    /// sealed record that does not open stops the start-up (the file is left untouched).
+    pub fn open_sealed(
+        path: impl Into<PathBuf>,
+        sealing: Sealing,
+    ) -> Result<Arc<FileStore>, StoreError> {
         let store = FileStore {
             path: path.into(),
+            sealing,
             cache: Mutex::new((None, Arc::new(BTreeMap::new()))),
         };
         store.refresh_cache()?;
@@ -96,18 +133,35 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
             Err(e) => return Err(self.io_err(e)),
         };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            reason,
+        };
         let parsed: FileFormat =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: self.path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        if parsed.version != FORMAT_VERSION {
-            return Err(StoreError::Corrupt {
-                path: self.path.display().to_string(),
-                reason: format!("format version {} is not {FORMAT_VERSION}", parsed.version),
-            });
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if parsed.version != PLAIN_VERSION && parsed.version != SEALED_VERSION {
+            return Err(corrupt(format!(
+                "format version {} is not {PLAIN_VERSION} or {SEALED_VERSION}",
+                parsed.version
+            )));
         }
-        Ok(parsed.merchants)
+        parsed
+            .merchants
+            .into_iter()
+            .map(|(id, record)| {
+                let m = record
+                    .open(&self.sealing, &id)
+                    .map_err(|e| self.crypto_err(e))?;
+                Ok((id, m))
+            })
+            .collect()
+    }
+
+    fn crypto_err(&self, source: super::crypto::CryptoError) -> StoreError {
+        StoreError::Crypto {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
     /// Reloads the in-memory copy if the file changed since it was read.
@@ -169,14 +223,19 @@ impl FileStore {
         #[derive(Serialize)]
         struct Out<'a> {
             version: u32,
-            merchants: BTreeMap<&'a MerchantId, Record<'a>>,
+            merchants: BTreeMap<&'a MerchantId, Record>,
         }
-        let merchants = map.iter().map(|(id, m)| (id, Record::of(m))).collect();
-        let mut bytes = serde_json::to_vec_pretty(&Out {
-            version: FORMAT_VERSION,
-            merchants,
-        })
-        .map_err(|e| self.io_err(std::io::Error::other(e)))?;
+        let merchants = map
+            .iter()
+            .map(|(id, m)| Ok((id, Record::seal(&self.sealing, id, m)?)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.crypto_err(e))?;
+        let version = match self.sealing.keyring() {
+            Some(_) => SEALED_VERSION,
+            None => PLAIN_VERSION,
+        };
+        let mut bytes = serde_json::to_vec_pretty(&Out { version, merchants })
+            .map_err(|e| self.io_err(std::io::Error::other(e)))?;
         bytes.push(b'\n');
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(format!(".tmp.{}", std::process::id()));
@@ -296,6 +355,17 @@ impl CredentialStore for Arc<FileStore> {
         .await
     }
 
+    /// Every write seals every record afresh under the newest key: a forced write.
+    async fn rekey(&self) -> Result<usize, StoreError> {
+        if self.sealing.keyring().is_none() {
+            return Err(StoreError::Unsupported(format!(
+                "store rekey needs {} (the keys to re-encrypt with)",
+                super::crypto::KEY_SETTING
+            )));
+        }
+        blocking(self, |s| s.modify(|map| (map.len(), true))).await
+    }
+
     /// The file (if it exists) can be read and parsed now.
     async fn check(&self) -> Result<(), StoreError> {
         blocking(self, |s| s.refresh_cache().map(drop)).await
@@ -376,6 +446,67 @@ mod tests {
         assert!(matches!(
             store.check().await,
             Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    fn sealing(lines: &str) -> Sealing {
+        let ring = crate::store::crypto::Keyring::parse(lines).unwrap();
+        Sealing::new(Some(Arc::new(ring)))
+    }
+
+    const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const K2: &str = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+    #[tokio::test]
+    async fn plaintext_is_sealed_on_write_and_a_wrong_key_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("creds.json");
+        let plain = FileStore::open(&path).unwrap();
+        plain
+            .put(
+                &id("m1"),
+                &StoredMerchant::new(RefreshToken::new("tok-one")),
+            )
+            .await
+            .unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("tok-one"));
+        // A keyring reads the plaintext record and seals it on the next write.
+        let sealed = FileStore::open_sealed(&path, sealing(K1)).unwrap();
+        let m1 = sealed.get(&id("m1")).await.unwrap().unwrap();
+        assert_eq!(m1.refresh_token.expose(), "tok-one");
+        sealed
+            .put(
+                &id("m2"),
+                &StoredMerchant::new(RefreshToken::new("tok-two")),
+            )
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("tok-one") && !text.contains("tok-two"),
+            "{text}"
+        );
+        assert!(text.contains("\"key_id\": \"k1\""), "{text}");
+        // Without the key, or with another one, the store refuses and leaves the file alone.
+        let err = FileStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("store.encryption_key_file"), "{err}");
+        let err = FileStore::open_sealed(&path, sealing(K2)).err().unwrap();
+        assert!(matches!(err, StoreError::Crypto { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        // Rekey: every record under the newest key, still readable.
+        let both = FileStore::open_sealed(&path, sealing(&format!("{K1}\n{K2}"))).unwrap();
+        assert_eq!(both.rekey().await.unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("\"k1\"") && text.contains("\"k2\""),
+            "{text}"
+        );
+        let k2_only = FileStore::open_sealed(&path, sealing(K2)).unwrap();
+        let m2 = k2_only.get(&id("m2")).await.unwrap().unwrap();
+        assert_eq!(m2.refresh_token.expose(), "tok-two");
+        assert!(matches!(
+            plain.rekey().await,
+            Err(StoreError::Unsupported(_))
         ));
     }
 }
