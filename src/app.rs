@@ -149,6 +149,15 @@ fn sealing(settings: &Settings) -> Result<Sealing, StartError> {
         return Ok(Sealing::default());
     }
     let keyring = Keyring::load(Path::new(file)).map_err(|e| StartError(e.to_string()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file).map_or(0, |m| m.permissions().mode());
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            key_file = %file,
+            mode = format!("{:o}", mode & 0o777),
+            "store.encryption_key_file is readable by other users: make it 0400 or 0600"
+        );
+    }
     tracing::info!(
         key_id = keyring.current_id(),
         "credentials at rest are encrypted"

@@ -16,10 +16,11 @@ use mollie_gateway::app::{self, Parts, StartError};
 use mollie_gateway::clients;
 use mollie_gateway::config::{self, LogFormat, Settings, Source};
 use mollie_gateway::reload::ConfigSource;
+use mollie_gateway::store::crypto::Keyring;
 use mollie_gateway::types::{MerchantId, RefreshToken, Secret};
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc malloc: pingora and tokio allocate per request, and glibc's
@@ -255,6 +256,7 @@ fn new_client(name: &str, merchants: Vec<String>, test: bool) -> Result<(), Star
 /// `store rekey`: every record re-encrypted under the newest key, under the store's lock and
 /// replaced atomically like any other write.
 fn rekey(settings: Settings) -> Result<(), StartError> {
+    let key_file = settings.store.encryption_key_file.clone();
     let conf = app::server_conf(&settings);
     let parts = Parts::new(settings, &conf)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -264,7 +266,10 @@ fn rekey(settings: Settings) -> Result<(), StartError> {
     let count = rt
         .block_on(parts.store.rekey())
         .map_err(|e| StartError(e.to_string()))?;
-    println!("re-encrypted {count} record(s) under the newest key");
+    let key_id = Keyring::load(Path::new(&key_file))
+        .map(|k| k.current_id().to_string())
+        .unwrap_or_else(|_| "the newest key".into());
+    println!("re-encrypted {count} record(s) under key {key_id}");
     Ok(())
 }
 

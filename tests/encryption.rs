@@ -108,6 +108,29 @@ async fn no_issued_token_is_ever_in_the_sealed_store() {
     }
     assert_eq!(read_store(&gw.store)["version"], 2);
     assert_eq!(key_ids(&gw.store), ["k1", "k1"]);
+    let log = gw.log_text();
+    assert!(log.contains("credentials at rest are encrypted"), "{log}");
+    assert!(!log.contains(&K1[3..]), "the key is in the log");
+}
+
+#[tokio::test]
+async fn the_plaintext_default_starts_and_warns() {
+    let fake = FakeMollie::start().await;
+    let (_keys, keys) = key_file(&[K1]);
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut gw = GatewayBuilder::new(&fake)
+        .env("STORE__ENCRYPTION_KEY_FILE", "")
+        .prepare();
+    gw.onboard(&fake, "m1");
+    gw.spawn();
+    assert_eq!(get_status(&gw, "m1").await, 200);
+    let log = gw.log_text();
+    assert!(log.contains("stored in plaintext"), "{log}");
+    // With a key file others may read: it starts, and says so.
+    let mut sealed = sealed_gateway(&fake, &keys);
+    sealed.spawn();
+    let log = sealed.log_text();
+    assert!(log.contains("readable by other users"), "{log}");
 }
 
 #[tokio::test]
