@@ -172,6 +172,14 @@ async fn a_plaintext_store_is_sealed_by_its_next_write() {
         .unwrap()
         .contains(&refresh));
     assert_eq!(read_store(&gw.store)["version"], 1);
+    // A gateway started with the key now says the record is still in plaintext.
+    gw.spawn();
+    assert!(
+        gw.log_text().contains("still in plaintext"),
+        "{}",
+        gw.log_text()
+    );
+    gw.terminate();
     // With the key: the plaintext record is read, and sealed by the next write.
     gw.onboard(&fake, "m2");
     let raw = std::fs::read_to_string(&gw.store).unwrap();

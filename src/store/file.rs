@@ -105,6 +105,9 @@ impl FileStore {
             cache: Mutex::new((None, Arc::new(BTreeMap::new()))),
         };
         store.refresh_cache()?;
+        if store.sealing.keyring().is_some() {
+            store.warn_plaintext();
+        }
         Ok(Arc::new(store))
     }
 
@@ -155,6 +158,30 @@ impl FileStore {
                 Ok((id, m))
             })
             .collect()
+    }
+
+    /// With a key file: says how many records are still in plaintext (sealed by the next
+    /// write, or by `store rekey`).
+    fn warn_plaintext(&self) {
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            return;
+        };
+        let Ok(parsed) = serde_json::from_slice::<FileFormat>(&bytes) else {
+            return;
+        };
+        let plain = parsed
+            .merchants
+            .values()
+            .filter(|r| matches!(r.refresh_token, StoredSecret::Plain(_)))
+            .count();
+        if plain > 0 {
+            tracing::warn!(
+                records = plain,
+                path = %self.path.display(),
+                "credential records still in plaintext: sealed by the next write, or run \
+                 `mollie-gateway store rekey`"
+            );
+        }
     }
 
     fn crypto_err(&self, source: super::crypto::CryptoError) -> StoreError {
