@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::oauth::{HttpTokenEndpoint, TokenEndpoint, TokenEndpointService};
 use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::reload::{ConfigSource, ReloadService};
+use crate::store::crypto::{Keyring, Sealing};
 use crate::store::file::FileStore;
 use crate::store::CredentialStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
@@ -22,6 +23,7 @@ use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,7 +90,7 @@ impl Parts {
         let token_endpoint = Endpoint::parse(&settings.upstream.token_url)
             .map_err(|e| StartError(format!("upstream.token_url: {e}")))?;
         let store: Arc<dyn CredentialStore> = Arc::new(
-            FileStore::open(&settings.store.path)
+            FileStore::open_sealed(&settings.store.path, sealing(&settings)?)
                 .map_err(|e| StartError(format!("store.path: {e}")))?,
         );
         let metrics = Arc::new(Metrics::default());
@@ -135,6 +137,32 @@ impl Parts {
             .await
             .map_err(|e| StartError(format!("store.path: {e}")))
     }
+}
+
+/// The keyring of `store.encryption_key_file`, or plaintext (warned) without one.
+fn sealing(settings: &Settings) -> Result<Sealing, StartError> {
+    let file = &settings.store.encryption_key_file;
+    if file.is_empty() {
+        if let Some(warning) = settings.plaintext_store_warning() {
+            tracing::warn!("{warning}");
+        }
+        return Ok(Sealing::default());
+    }
+    let keyring = Keyring::load(Path::new(file)).map_err(|e| StartError(e.to_string()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file).map_or(0, |m| m.permissions().mode());
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            key_file = %file,
+            mode = format!("{:o}", mode & 0o777),
+            "store.encryption_key_file is readable by other users: make it 0400 or 0600"
+        );
+    }
+    tracing::info!(
+        key_id = keyring.current_id(),
+        "credentials at rest are encrypted"
+    );
+    Ok(Sealing::new(Some(Arc::new(keyring))))
 }
 
 /// Builds the whole server: proxy and admin services plus background services. The caller

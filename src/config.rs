@@ -300,6 +300,9 @@ pub struct StoreSettings {
     pub path: PathBuf,
     pub redis_url: String,
     pub key_prefix: String,
+    /// AES-256-GCM keys for the records' secrets, one `key_id:base64(32 bytes)` a line, the
+    /// last encrypts (`store::crypto`); empty = plaintext, warned. A path: never the keys.
+    pub encryption_key_file: String,
 }
 
 impl Default for StoreSettings {
@@ -309,6 +312,7 @@ impl Default for StoreSettings {
             path: PathBuf::from(DEFAULT_STORE_PATH),
             redis_url: DEFAULT_REDIS_URL.into(),
             key_prefix: DEFAULT_KEY_PREFIX.into(),
+            encryption_key_file: String::new(),
         }
     }
 }
@@ -477,6 +481,15 @@ impl Settings {
         self.clients.is_empty().then(|| {
             "no [clients.<name>] is configured: any caller that reaches the proxy listener may \
              act for every merchant (make a client key with `mollie-gateway clients new NAME`)"
+                .to_string()
+        })
+    }
+
+    /// Said at start-up and by `check-config` while the store keeps secrets in plaintext.
+    pub fn plaintext_store_warning(&self) -> Option<String> {
+        self.store.encryption_key_file.is_empty().then(|| {
+            "store.encryption_key_file is not set: refresh tokens are stored in plaintext \
+             (see \"Credentials at rest\" in the README)"
                 .to_string()
         })
     }

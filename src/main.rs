@@ -3,6 +3,8 @@
 //! - `run` (default): serve the proxy (see `app::build_server`).
 //! - `merchants add ID (--refresh-token T | --code C [--redirect-uri U])`, `merchants list`,
 //!   `merchants remove ID`: act on the configured credential store.
+//! - `store rekey`: re-encrypt every stored record under the newest key of
+//!   `store.encryption_key_file`.
 //! - `clients new NAME [--merchants m1,m2] [--test]`: a new gateway key for a calling service.
 //! - `check-config`: validate and print the effective configuration, secrets masked.
 //!
@@ -14,10 +16,11 @@ use mollie_gateway::app::{self, Parts, StartError};
 use mollie_gateway::clients;
 use mollie_gateway::config::{self, LogFormat, Settings, Source};
 use mollie_gateway::reload::ConfigSource;
+use mollie_gateway::store::crypto::Keyring;
 use mollie_gateway::types::{MerchantId, RefreshToken, Secret};
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc malloc: pingora and tokio allocate per request, and glibc's
@@ -50,6 +53,9 @@ enum Command {
     /// Manage merchants in the credential store.
     #[command(subcommand)]
     Merchants(MerchantsCommand),
+    /// Act on the credential store as a whole.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Make gateway keys for calling services (`[clients.<name>]`).
     #[command(subcommand)]
     Clients(ClientsCommand),
@@ -76,6 +82,12 @@ enum MerchantsCommand {
     List,
     /// Remove a merchant from the store.
     Remove { id: String },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Re-encrypt every record under the newest key (the last line of the key file).
+    Rekey,
 }
 
 #[derive(Subcommand)]
@@ -125,9 +137,13 @@ fn main() -> ExitCode {
             if let Some(open) = settings.open_gateway_warning() {
                 eprintln!("note: {open}");
             }
+            if let Some(plain) = settings.plaintext_store_warning() {
+                eprintln!("note: {plain}");
+            }
             Ok(())
         }
         Command::Merchants(cmd) => merchants(settings, cmd),
+        Command::Store(StoreCommand::Rekey) => rekey(settings),
         Command::Clients(ClientsCommand::New {
             name,
             merchants,
@@ -234,6 +250,26 @@ fn new_client(name: &str, merchants: Vec<String>, test: bool) -> Result<(), Star
     if merchants.iter().any(|m| m == "*") {
         println!("# merchants = [\"*\"] lets it act for every merchant; list ids to narrow it.");
     }
+    Ok(())
+}
+
+/// `store rekey`: every record re-encrypted under the newest key, under the store's lock and
+/// replaced atomically like any other write.
+fn rekey(settings: Settings) -> Result<(), StartError> {
+    let key_file = settings.store.encryption_key_file.clone();
+    let conf = app::server_conf(&settings);
+    let parts = Parts::new(settings, &conf)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("cannot start a runtime: {e}")))?;
+    let count = rt
+        .block_on(parts.store.rekey())
+        .map_err(|e| StartError(e.to_string()))?;
+    let key_id = Keyring::load(Path::new(&key_file))
+        .map(|k| k.current_id().to_string())
+        .unwrap_or_else(|_| "the newest key".into());
+    println!("re-encrypted {count} record(s) under key {key_id}");
     Ok(())
 }
 

@@ -199,6 +199,13 @@ impl StoreSettings {
                 "store.backend = \"redis\" is not available in this version; use \"file\"".into(),
             );
         }
+        if !self.encryption_key_file.is_empty() {
+            // Parsed, not only opened: a bad line is a configuration error naming its number.
+            let path = std::path::Path::new(&self.encryption_key_file);
+            if let Err(e) = crate::store::crypto::Keyring::load(path) {
+                p.push(e.to_string());
+            }
+        }
     }
 }
 

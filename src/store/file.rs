@@ -8,8 +8,15 @@
 //! time or size changes. A file that exists but cannot be parsed is an error and is never
 //! overwritten.
 //!
+//! Secrets at rest: with `store.encryption_key_file`, every write seals every record's secret
+//! fields under the newest key ([`super::crypto`], file `version` 2); plaintext records
+//! (version 1, and the format without a key file) are read and sealed by the next write. A
+//! sealed record that does not open (no key, unknown key, wrong key, moved to another
+//! merchant id) is an error like a corrupt file: the store refuses and never rewrites it.
+//!
 //! Blocking file I/O runs on tokio's blocking pool.
 
+use super::crypto::{Field, Sealing, StoredSecret};
 use super::{unix_now, CredentialStore, StoreError, StoredMerchant};
 use crate::types::{MerchantId, RefreshToken};
 use serde::{Deserialize, Serialize};
@@ -21,31 +28,54 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-const FORMAT_VERSION: u32 = 1;
+/// Version 1: secret fields in plaintext (written without a key file, and by older releases).
+const PLAIN_VERSION: u32 = 1;
+/// Version 2: secret fields sealed ([`super::crypto`]); older releases refuse it by version.
+const SEALED_VERSION: u32 = 2;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFormat {
     version: u32,
-    merchants: BTreeMap<MerchantId, StoredMerchant>,
+    merchants: BTreeMap<MerchantId, Record>,
 }
 
-/// A merchant as written to the file (the fields of [`StoredMerchant`], which is read back
-/// directly): the one place the refresh token is serialized, through `expose()`.
-#[derive(Serialize)]
-struct Record<'a> {
-    refresh_token: &'a str,
+/// A merchant as written to the file: the one place its secret fields are serialized,
+/// sealed by [`Record::seal`] and opened by [`Record::open`] (either format is read).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    refresh_token: StoredSecret,
+    #[serde(default)]
     revoked: bool,
+    #[serde(default)]
     updated_at: u64,
 }
 
-impl<'a> Record<'a> {
-    fn of(m: &'a StoredMerchant) -> Self {
-        Record {
-            refresh_token: m.refresh_token.expose(),
+impl Record {
+    fn seal(
+        sealing: &Sealing,
+        id: &MerchantId,
+        m: &StoredMerchant,
+    ) -> Result<Self, super::crypto::CryptoError> {
+        Ok(Record {
+            refresh_token: sealing.seal(id, Field::RefreshToken, m.refresh_token.expose())?,
             revoked: m.revoked,
             updated_at: m.updated_at,
-        }
+        })
+    }
+
+    fn open(
+        &self,
+        sealing: &Sealing,
+        id: &MerchantId,
+    ) -> Result<StoredMerchant, super::crypto::CryptoError> {
+        let token = sealing.open(id, Field::RefreshToken, &self.refresh_token)?;
+        Ok(StoredMerchant {
+            refresh_token: RefreshToken::new(token),
+            revoked: self.revoked,
+            updated_at: self.updated_at,
+        })
     }
 }
 
@@ -54,6 +84,8 @@ type Stamp = Option<(SystemTime, u64)>;
 
 pub struct FileStore {
     path: PathBuf,
+    /// Seals secret fields on every write (plaintext without a key file).
+    sealing: Sealing,
     /// The last contents read or written, and the file stamp they belong to. A std mutex:
     /// held only while copying, never across `.await` (all I/O runs in `spawn_blocking`).
     cache: Mutex<(Stamp, Arc<BTreeMap<MerchantId, StoredMerchant>>)>,
@@ -62,12 +94,26 @@ pub struct FileStore {
 impl FileStore {
     /// Opens the store, reading the file now so that an unreadable or corrupt file stops the
     /// start-up with a clear error. A missing file is an empty store, created on first write.
+    /// Without a key file: records are written in plaintext.
     pub fn open(path: impl Into<PathBuf>) -> Result<Arc<FileStore>, StoreError> {
+        FileStore::open_sealed(path, Sealing::default())
+    }
+
+    /// As [`FileStore::open`], sealing every record written with `sealing`'s newest key. A
+    /// sealed record that does not open stops the start-up (the file is left untouched).
+    pub fn open_sealed(
+        path: impl Into<PathBuf>,
+        sealing: Sealing,
+    ) -> Result<Arc<FileStore>, StoreError> {
         let store = FileStore {
             path: path.into(),
+            sealing,
             cache: Mutex::new((None, Arc::new(BTreeMap::new()))),
         };
         store.refresh_cache()?;
+        if store.sealing.keyring().is_some() {
+            store.warn_plaintext();
+        }
         Ok(Arc::new(store))
     }
 
@@ -96,18 +142,59 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
             Err(e) => return Err(self.io_err(e)),
         };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            reason,
+        };
         let parsed: FileFormat =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: self.path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        if parsed.version != FORMAT_VERSION {
-            return Err(StoreError::Corrupt {
-                path: self.path.display().to_string(),
-                reason: format!("format version {} is not {FORMAT_VERSION}", parsed.version),
-            });
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if parsed.version != PLAIN_VERSION && parsed.version != SEALED_VERSION {
+            return Err(corrupt(format!(
+                "format version {} is not {PLAIN_VERSION} or {SEALED_VERSION}",
+                parsed.version
+            )));
         }
-        Ok(parsed.merchants)
+        parsed
+            .merchants
+            .into_iter()
+            .map(|(id, record)| {
+                let m = record
+                    .open(&self.sealing, &id)
+                    .map_err(|e| self.crypto_err(e))?;
+                Ok((id, m))
+            })
+            .collect()
+    }
+
+    /// With a key file: says how many records are still in plaintext (sealed by the next
+    /// write, or by `store rekey`).
+    fn warn_plaintext(&self) {
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            return;
+        };
+        let Ok(parsed) = serde_json::from_slice::<FileFormat>(&bytes) else {
+            return;
+        };
+        let plain = parsed
+            .merchants
+            .values()
+            .filter(|r| matches!(r.refresh_token, StoredSecret::Plain(_)))
+            .count();
+        if plain > 0 {
+            tracing::warn!(
+                records = plain,
+                path = %self.path.display(),
+                "credential records still in plaintext: sealed by the next write, or run \
+                 `mollie-gateway store rekey`"
+            );
+        }
+    }
+
+    fn crypto_err(&self, source: super::crypto::CryptoError) -> StoreError {
+        StoreError::Crypto {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
     /// Reloads the in-memory copy if the file changed since it was read.
@@ -169,14 +256,19 @@ impl FileStore {
         #[derive(Serialize)]
         struct Out<'a> {
             version: u32,
-            merchants: BTreeMap<&'a MerchantId, Record<'a>>,
+            merchants: BTreeMap<&'a MerchantId, Record>,
         }
-        let merchants = map.iter().map(|(id, m)| (id, Record::of(m))).collect();
-        let mut bytes = serde_json::to_vec_pretty(&Out {
-            version: FORMAT_VERSION,
-            merchants,
-        })
-        .map_err(|e| self.io_err(std::io::Error::other(e)))?;
+        let merchants = map
+            .iter()
+            .map(|(id, m)| Ok((id, Record::seal(&self.sealing, id, m)?)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.crypto_err(e))?;
+        let version = match self.sealing.keyring() {
+            Some(_) => SEALED_VERSION,
+            None => PLAIN_VERSION,
+        };
+        let mut bytes = serde_json::to_vec_pretty(&Out { version, merchants })
+            .map_err(|e| self.io_err(std::io::Error::other(e)))?;
         bytes.push(b'\n');
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(format!(".tmp.{}", std::process::id()));
@@ -296,6 +388,17 @@ impl CredentialStore for Arc<FileStore> {
         .await
     }
 
+    /// Every write seals every record afresh under the newest key: a forced write.
+    async fn rekey(&self) -> Result<usize, StoreError> {
+        if self.sealing.keyring().is_none() {
+            return Err(StoreError::Unsupported(format!(
+                "store rekey needs {} (the keys to re-encrypt with)",
+                super::crypto::KEY_SETTING
+            )));
+        }
+        blocking(self, |s| s.modify(|map| (map.len(), true))).await
+    }
+
     /// The file (if it exists) can be read and parsed now.
     async fn check(&self) -> Result<(), StoreError> {
         blocking(self, |s| s.refresh_cache().map(drop)).await
@@ -303,79 +406,5 @@ impl CredentialStore for Arc<FileStore> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn id(s: &str) -> MerchantId {
-        MerchantId::parse(s).unwrap()
-    }
-
-    #[tokio::test]
-    async fn round_trip_mode_and_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/creds.json");
-        let store = FileStore::open(&path).unwrap();
-        assert!(store.load_all().await.unwrap().is_empty());
-        store
-            .put(&id("m1"), &StoredMerchant::new(RefreshToken::new("r1")))
-            .await
-            .unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(store
-            .rotate(&id("m1"), &RefreshToken::new("r2"))
-            .await
-            .unwrap());
-        assert!(!store
-            .rotate(&id("gone"), &RefreshToken::new("x"))
-            .await
-            .unwrap());
-        // A second handle (another process, in effect) sees the change.
-        let other = FileStore::open(&path).unwrap();
-        let m1 = other.get(&id("m1")).await.unwrap().unwrap();
-        assert_eq!(m1.refresh_token.expose(), "r2");
-        // Writes through either handle are merged, not lost.
-        other
-            .put(&id("m2"), &StoredMerchant::new(RefreshToken::new("q")))
-            .await
-            .unwrap();
-        store
-            .mark_revoked(&id("m1"), &RefreshToken::new("old"))
-            .await
-            .unwrap();
-        assert!(!store.get(&id("m1")).await.unwrap().unwrap().revoked);
-        store
-            .mark_revoked(&id("m1"), &RefreshToken::new("r2"))
-            .await
-            .unwrap();
-        let all = FileStore::open(&path).unwrap().load_all().await.unwrap();
-        assert_eq!(all.len(), 2);
-        assert!(all[0].1.revoked);
-        let listed = store.list().await.unwrap();
-        assert_eq!(listed.len(), 2);
-        assert_eq!((listed[0].id.as_str(), listed[0].revoked), ("m1", true));
-        assert!(store.remove(&id("m2")).await.unwrap());
-        assert!(!store.remove(&id("m2")).await.unwrap());
-        store.check().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn corrupt_file_is_refused_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("creds.json");
-        std::fs::write(&path, "{not json").unwrap();
-        let err = FileStore::open(&path).err().unwrap();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{not json");
-        // A store that was fine and is corrupted later fails its readiness check.
-        let ok = dir.path().join("ok.json");
-        let store = FileStore::open(&ok).unwrap();
-        store.check().await.unwrap();
-        std::fs::write(&ok, "{half").unwrap();
-        assert!(matches!(
-            store.check().await,
-            Err(StoreError::Corrupt { .. })
-        ));
-    }
-}
+#[path = "file_tests.rs"]
+mod tests;

@@ -4,10 +4,11 @@
 //! merchant must authorize again), whether it was revoked, and when it last changed. Access
 //! tokens are not stored: they live an hour and are re-fetched on demand.
 //! Must not: hold a lock across `.await` in callers' paths, or ever write a partial record.
-//! Backends: [`file::FileStore`] (embedded default). Everything outside `store/` (token
+//! Backends: [`file::FileStore`] (embedded default); [`crypto`] seals their secret fields. Everything outside `store/` (token
 //! manager, admin API, readiness) holds an `Arc<dyn CredentialStore>`, so a backend plugs in
 //! here without touching them.
 
+pub mod crypto;
 pub mod file;
 
 use crate::types::{MerchantId, RefreshToken};
@@ -56,6 +57,16 @@ pub enum StoreError {
     },
     #[error("credential store {path} is not valid ({reason}); fix or move it: it is never overwritten while unreadable")]
     Corrupt { path: String, reason: String },
+    /// A sealed record that cannot be opened (or sealed): the store refuses, never rewrites.
+    #[error("credential store {path}: {source}; it is never overwritten while unreadable")]
+    Crypto {
+        path: String,
+        #[source]
+        source: crypto::CryptoError,
+    },
+    /// An operation this backend or its configuration cannot do (`store rekey` without keys).
+    #[error("credential store: {0}")]
+    Unsupported(String),
 }
 
 /// What may be shown of a stored merchant (admin listing): never its refresh token.
@@ -96,6 +107,13 @@ pub trait CredentialStore: Send + Sync {
     /// The default reads everything; a backend with a cheaper probe (a `PING`) overrides it.
     async fn check(&self) -> Result<(), StoreError> {
         self.load_all().await.map(drop)
+    }
+    /// Re-encrypts every record under the newest key of `store.encryption_key_file`;
+    /// returns how many records were re-encrypted.
+    async fn rekey(&self) -> Result<usize, StoreError> {
+        Err(StoreError::Unsupported(
+            "this backend cannot re-encrypt its records".into(),
+        ))
     }
     /// Every stored merchant without its secrets, sorted by id. The default reads
     /// [`load_all`](Self::load_all); a backend that can list without reading secrets
