@@ -14,7 +14,7 @@ use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::reload::{ConfigSource, ReloadService};
 use crate::store::file::FileStore;
 use crate::store::CredentialStore;
-use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
+use crate::tokens::{RefresherService, RevokerService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
 use pingora::connectors::http::Connector;
 use pingora::listeners::tls::TlsSettings;
@@ -279,7 +279,8 @@ fn admin_service(
     Ok(admin)
 }
 
-/// The DNS resolver, the token endpoint's home and, unless disabled, the background refresher.
+/// The DNS resolver, the token endpoint's home, the revoker and, unless disabled, the
+/// background refresher.
 fn add_background_services(server: &mut Server, parts: &Parts, token_home: TokenEndpointService) {
     server.add_service(background_service(
         "resolver",
@@ -289,6 +290,13 @@ fn add_background_services(server: &mut Server, parts: &Parts, token_home: Token
     ));
     // Every token call runs here; it outlives the grace period (oauth/home.rs).
     server.add_service(background_service("token endpoint", token_home));
+    // Retries revocations at Mollie of removed merchants (tokens/removal.rs).
+    server.add_service(background_service(
+        "revoker",
+        RevokerService {
+            tokens: parts.tokens.clone(),
+        },
+    ));
     if parts.settings.oauth.background_refresh {
         server.add_service(background_service(
             "refresher",

@@ -2,7 +2,8 @@
 //!
 //! - `run` (default): serve the proxy (see `app::build_server`).
 //! - `merchants add ID (--refresh-token T | --code C [--redirect-uri U])`, `merchants list`,
-//!   `merchants remove ID`: act on the configured credential store.
+//!   `merchants remove ID [--keep-authorization]`: act on the configured credential store
+//!   (`remove` revokes at Mollie first; exit code 3 when that did not happen).
 //! - `clients new NAME [--merchants m1,m2] [--test]`: a new gateway key for a calling service.
 //! - `check-config`: validate and print the effective configuration, secrets masked.
 //!
@@ -74,8 +75,14 @@ enum MerchantsCommand {
     },
     /// List stored merchants (no secrets).
     List,
-    /// Remove a merchant from the store.
-    Remove { id: String },
+    /// Revoke a merchant's authorization at Mollie, then remove it from the store (exit code
+    /// 3 when Mollie could not confirm: the gateway retries the revocation).
+    Remove {
+        id: String,
+        /// Forget the merchant without revoking its authorization at Mollie.
+        #[arg(long)]
+        keep_authorization: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,10 +143,16 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mollie-gateway: {e}");
-            ExitCode::FAILURE
-        }
+        Err(StartError(e)) => match e.strip_prefix(NOT_REVOKED) {
+            Some(e) => {
+                eprintln!("mollie-gateway: {e}");
+                ExitCode::from(3)
+            }
+            None => {
+                eprintln!("mollie-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -246,7 +259,7 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
         .map_err(|e| StartError(format!("cannot start a runtime: {e}")))?;
     let parse_id =
         |id: &str| MerchantId::parse(id).map_err(|e| StartError(format!("merchant id {id:?} {e}")));
-    rt.block_on(async {
+    let result = rt.block_on(async {
         match cmd {
             MerchantsCommand::Add {
                 id,
@@ -286,25 +299,61 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
                     .map_err(|e| StartError(e.to_string()))?;
                 println!("{:<40} {:<8} updated_at", "merchant", "state");
                 for (id, m) in all {
-                    let state = if m.revoked { "revoked" } else { "active" };
+                    let state = match (m.removing, m.revoked) {
+                        (true, _) => "removing",
+                        (false, true) => "revoked",
+                        (false, false) => "active",
+                    };
                     println!("{:<40} {:<8} {}", id.as_str(), state, m.updated_at);
                 }
                 Ok(())
             }
-            MerchantsCommand::Remove { id } => {
-                let id = parse_id(&id)?;
-                let removed = parts
-                    .tokens
-                    .remove(&id)
-                    .await
-                    .map_err(|e| StartError(e.to_string()))?;
-                if removed {
-                    println!("removed merchant {id}");
-                    Ok(())
-                } else {
-                    Err(StartError(format!("no merchant {id} in the store")))
-                }
-            }
+            MerchantsCommand::Remove {
+                id,
+                keep_authorization,
+            } => remove_merchant(&parts, parse_id(&id)?, keep_authorization).await,
         }
-    })
+    });
+    // Let the runtime's token calls finish closing before the process exits.
+    drop(parts);
+    result
 }
+
+/// `merchants remove`: revoke (unless kept), forget; [`NOT_REVOKED`] when Mollie did not
+/// confirm the revocation.
+async fn remove_merchant(parts: &Parts, id: MerchantId, keep: bool) -> Result<(), StartError> {
+    if !keep {
+        parts.prepare().await?;
+    }
+    let removal = parts
+        .tokens
+        .remove_merchant(&id, !keep)
+        .await
+        .map_err(|e| StartError(e.to_string()))?
+        .ok_or_else(|| StartError(format!("no merchant {id} in the store")))?;
+    use mollie_gateway::tokens::RevocationOutcome as O;
+    match removal.outcome {
+        O::Revoked | O::AlreadyInvalid => {
+            println!("removed merchant {id} (authorization revoked at Mollie)");
+            Ok(())
+        }
+        O::Skipped => {
+            println!("removed merchant {id} (authorization kept at Mollie)");
+            Ok(())
+        }
+        O::NotConfigured => Err(StartError(format!(
+            "{NOT_REVOKED}removed merchant {id}, but NOT revoked at Mollie: no OAuth app is \
+             configured (oauth.client_id/client_secret)"
+        ))),
+        O::Failed => Err(StartError(format!(
+            "{NOT_REVOKED}merchant {id} is no longer served, but its revocation at Mollie \
+             failed ({}); the record stays `removing` and a running gateway retries the \
+             revocation",
+            removal.error.unwrap_or_default()
+        ))),
+    }
+}
+
+/// Marks a [`StartError`] whose command did its local part but could not revoke at Mollie:
+/// exit code 3.
+const NOT_REVOKED: &str = "not revoked: ";

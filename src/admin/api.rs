@@ -113,7 +113,7 @@ impl AdminApi {
             return Ok(status);
         }
         match self.store.get(id).await {
-            Ok(Some(m)) => Ok(stored_status(id.clone(), m.revoked)),
+            Ok(Some(m)) => Ok(stored_status(id.clone(), m.revoked, m.removing)),
             Ok(None) => Err(not_found(id)),
             Err(e) => Err(GatewayError::StoreUnavailable(e.to_string()).into()),
         }
@@ -229,7 +229,7 @@ async fn list(State(api): Api) -> Result<Response, AdminError> {
         .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
     for m in stored {
         if all.iter().all(|s| s.id != m.id) {
-            all.push(stored_status(m.id, m.revoked));
+            all.push(stored_status(m.id, m.revoked, m.removing));
         }
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
@@ -280,19 +280,63 @@ async fn put(
     Ok(ok_json(&api.status(&id).await?))
 }
 
-/// `DELETE /admin/merchants/{id}`: from the store and the cache.
-async fn delete(State(api): Api, MerchantPath(id): MerchantPath) -> Result<Response, AdminError> {
-    let known = api.tokens.status(&id).is_some();
-    let removed = api
-        .tokens
-        .remove(&id)
-        .await
-        .map_err(|e| token_error(&id, e))?;
-    if !removed && !known {
-        return Err(not_found(&id));
+/// `?keep_authorization=true|false` of `DELETE /admin/merchants/{id}` (the only parameter).
+struct KeepAuthorization(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeepAuthorization {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, AdminError> {
+        let query = parts.uri.query().unwrap_or("");
+        let mut keep = false;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            keep = match (name.as_ref(), value.as_ref()) {
+                ("keep_authorization", "true") => true,
+                ("keep_authorization", "false") => false,
+                _ => {
+                    return Err(AdminError::BadRequest(
+                        "the only query parameter is keep_authorization=true|false".into(),
+                    ))
+                }
+            };
+        }
+        Ok(KeepAuthorization(keep))
     }
-    tracing::info!(merchant = %id, "admin: merchant removed");
-    Ok(ok_json(&serde_json::json!({"id": id, "removed": true})))
+}
+
+/// `DELETE /admin/merchants/{id}`: revoke at Mollie (unless `?keep_authorization=true`),
+/// then forget; when Mollie cannot be reached the merchant is no longer served and the
+/// revocation is retried (`revoked_at_mollie: false`).
+async fn delete(
+    State(api): Api,
+    MerchantPath(id): MerchantPath,
+    KeepAuthorization(keep): KeepAuthorization,
+) -> Result<Response, AdminError> {
+    let removal = api.tokens.remove_merchant(&id, !keep).await;
+    let removal = match removal {
+        Ok(Some(removal)) => removal,
+        Ok(None) => return Err(not_found(&id)),
+        Err(e) => {
+            tracing::warn!(merchant = %id, action = "remove", outcome = "error", error = %e, "admin action");
+            return Err(token_error(&id, e));
+        }
+    };
+    let revoked = removal.outcome.revoked_at_mollie();
+    tracing::info!(
+        merchant = %id,
+        action = "remove",
+        outcome = "ok",
+        revocation = removal.outcome.label(),
+        "admin action"
+    );
+    Ok(ok_json(&serde_json::json!({
+        "id": id,
+        "removed": true,
+        "revoked_at_mollie": revoked,
+    })))
 }
 
 /// `POST /admin/merchants/{id}/refresh`: one token endpoint call now.
@@ -310,10 +354,15 @@ async fn refresh(State(api): Api, MerchantPath(id): MerchantPath) -> Result<Resp
     Ok(ok_json(&api.status(&id).await?))
 }
 
-fn stored_status(id: MerchantId, revoked: bool) -> MerchantStatus {
+fn stored_status(id: MerchantId, revoked: bool, removing: bool) -> MerchantStatus {
+    let state = match (removing, revoked) {
+        (true, _) => "removing",
+        (false, true) => "revoked",
+        (false, false) => "active",
+    };
     MerchantStatus {
         id,
-        state: if revoked { "revoked" } else { "active" },
+        state,
         access_token_expires_at: None,
         last_refresh_at: None,
         last_refresh_outcome: None,

@@ -36,6 +36,8 @@ struct FileFormat {
 struct Record<'a> {
     refresh_token: &'a str,
     revoked: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    removing: bool,
     updated_at: u64,
 }
 
@@ -44,6 +46,7 @@ impl<'a> Record<'a> {
         Record {
             refresh_token: m.refresh_token.expose(),
             revoked: m.revoked,
+            removing: m.removing,
             updated_at: m.updated_at,
         }
     }
