@@ -140,7 +140,11 @@ async fn bearer(
     };
     match token {
         Some(token) if bool::from(sha256(token).ct_eq(&*expected)) => Ok(next.run(req).await),
-        _ => Err(AdminError::Unauthorized),
+        _ => {
+            // The path only: the header's value is never logged.
+            tracing::warn!(method = %req.method(), path = req.uri().path(), outcome = "admin_unauthorized", "admin request refused: missing or wrong bearer token");
+            Err(AdminError::Unauthorized)
+        }
     }
 }
 
@@ -245,8 +249,28 @@ async fn one(State(api): Api, MerchantPath(id): MerchantPath) -> Result<Response
 async fn put(
     State(api): Api,
     MerchantPath(id): MerchantPath,
-    AnyJson(put): AnyJson<PutMerchant>,
+    body: Result<AnyJson<PutMerchant>, AdminError>,
 ) -> Result<Response, AdminError> {
+    let action = match &body {
+        Ok(AnyJson(PutMerchant {
+            authorization_code: Some(_),
+            ..
+        })) => "add_code",
+        _ => "add_refresh_token",
+    };
+    let result = match body {
+        Ok(AnyJson(body)) => put_merchant(&api, &id, body).await,
+        Err(e) => Err(e),
+    };
+    audit(&id, action, None, result)
+}
+
+async fn put_merchant(
+    api: &AdminApi,
+    id: &MerchantId,
+    put: PutMerchant,
+) -> Result<Response, AdminError> {
+    let id = id.clone();
     let redirect_uri = put.redirect_uri.filter(|u| !u.is_empty());
     let bad = |d: &str| Err(AdminError::BadRequest(d.into()));
     match (put.refresh_token, put.authorization_code) {
@@ -259,7 +283,6 @@ async fn put(
             }
             let added = api.tokens.add_refresh_token(&id, token).await;
             added.map_err(|e| token_error(&id, e))?;
-            tracing::info!(merchant = %id, "admin: refresh token stored");
         }
         (None, Some(code)) => {
             if code.is_empty() {
@@ -273,7 +296,6 @@ async fn put(
                 .tokens
                 .add_authorization_code(&id, &code, uri.as_deref());
             added.await.map_err(|e| token_error(&id, e))?;
-            tracing::info!(merchant = %id, "admin: authorization code exchanged and stored");
         }
         _ => return bad("give exactly one of refresh_token and authorization_code"),
     }
@@ -313,30 +335,28 @@ impl<S: Send + Sync> FromRequestParts<S> for KeepAuthorization {
 async fn delete(
     State(api): Api,
     MerchantPath(id): MerchantPath,
-    KeepAuthorization(keep): KeepAuthorization,
+    keep: Result<KeepAuthorization, AdminError>,
 ) -> Result<Response, AdminError> {
-    let removal = api.tokens.remove_merchant(&id, !keep).await;
+    let removal = match keep {
+        Ok(KeepAuthorization(keep)) => api.tokens.remove_merchant(&id, !keep).await,
+        Err(e) => return audit(&id, "remove", None, Err(e)),
+    };
     let removal = match removal {
         Ok(Some(removal)) => removal,
-        Ok(None) => return Err(not_found(&id)),
-        Err(e) => {
-            tracing::warn!(merchant = %id, action = "remove", outcome = "error", error = %e, "admin action");
-            return Err(token_error(&id, e));
-        }
+        Ok(None) => return audit(&id, "remove", None, Err(not_found(&id))),
+        Err(e) => return audit(&id, "remove", None, Err(token_error(&id, e))),
     };
-    let revoked = removal.outcome.revoked_at_mollie();
-    tracing::info!(
-        merchant = %id,
-        action = "remove",
-        outcome = "ok",
-        revocation = removal.outcome.label(),
-        "admin action"
-    );
-    Ok(ok_json(&serde_json::json!({
+    let body = serde_json::json!({
         "id": id,
         "removed": true,
-        "revoked_at_mollie": revoked,
-    })))
+        "revoked_at_mollie": removal.outcome.revoked_at_mollie(),
+    });
+    audit(
+        &id,
+        "remove",
+        Some(removal.outcome.label()),
+        Ok(ok_json(&body)),
+    )
 }
 
 /// `POST /admin/merchants/{id}/refresh`: one token endpoint call now.
@@ -346,12 +366,36 @@ async fn refresh(State(api): Api, MerchantPath(id): MerchantPath) -> Result<Resp
         Err(TokenError::UnknownMerchant) => api.tokens.get(&id).await.map(drop),
         other => other.map(drop),
     };
-    match result {
-        Ok(()) => tracing::info!(merchant = %id, "admin: token refreshed"),
-        Err(TokenError::UnknownMerchant) => return Err(not_found(&id)),
-        Err(e) => return Err(token_error(&id, e)),
+    let answer = match result {
+        Ok(()) => api.status(&id).await.map(|s| ok_json(&s)),
+        Err(TokenError::UnknownMerchant) => Err(not_found(&id)),
+        Err(e) => Err(token_error(&id, e)),
+    };
+    audit(&id, "refresh", None, answer)
+}
+
+/// Logs one admin action (`add_refresh_token`, `add_code`, `remove`, `refresh`) with its
+/// merchant, its outcome (`ok` or the error's code), and for a removal the revocation's
+/// outcome: an audit trail that never holds a secret (error details are typed and token-free).
+fn audit(
+    id: &MerchantId,
+    action: &'static str,
+    revocation: Option<&'static str>,
+    result: Result<Response, AdminError>,
+) -> Result<Response, AdminError> {
+    let revocation = revocation.unwrap_or("-");
+    match &result {
+        Ok(_) => tracing::info!(merchant = %id, action, outcome = "ok", revocation, "admin action"),
+        Err(e) => tracing::warn!(
+            merchant = %id,
+            action,
+            outcome = e.code(),
+            status = e.status(),
+            revocation,
+            "admin action failed"
+        ),
     }
-    Ok(ok_json(&api.status(&id).await?))
+    result
 }
 
 fn stored_status(id: MerchantId, revoked: bool, removing: bool) -> MerchantStatus {

@@ -98,6 +98,31 @@ fn secret_file_is_read_and_masked() {
 }
 
 #[test]
+fn admin_token_file_is_one_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("admin");
+    std::fs::write(&f, "  admin-from-file-123  \n").unwrap();
+    let file = format!("[admin]\ntoken_file = {:?}\n", f.display().to_string());
+    let s = parse(&file, &HashMap::new()).unwrap();
+    assert_eq!(s.admin.token.expose(), "admin-from-file-123");
+    let shown = s.to_masked_toml();
+    assert!(!shown.contains("admin-from-file"), "{shown}");
+    let both = env(&[("MOLLIE_GATEWAY__ADMIN__TOKEN", "admin-from-env-456")]);
+    let err = parse(&file, &both).unwrap_err().to_string();
+    assert!(
+        err.contains("set only one of admin.token and admin.token_file"),
+        "{err}"
+    );
+    assert!(!err.contains("admin-from"), "{err}");
+    std::fs::write(&f, "\n").unwrap();
+    let err = parse(&file, &HashMap::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("admin.token_file") && err.contains("is empty"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_secret_file_is_named() {
     let err = parse(
         "[oauth]\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/s\"\n",
@@ -110,12 +135,20 @@ fn missing_secret_file_is_named() {
 #[test]
 fn every_file_in_conf_loads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    // production.toml reads the admin token from a mounted file: point it at one.
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("admin-token");
+    std::fs::write(&token, "admin-token-0123456789\n").unwrap();
+    let env = HashMap::from([(
+        "MOLLIE_GATEWAY__ADMIN__TOKEN_FILE".to_string(),
+        token.display().to_string(),
+    )]);
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            load(Some(&path), &HashMap::new())
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let s = load(Some(&path), &env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(s.0.admin.token.expose(), "admin-token-0123456789");
             n += 1;
         }
     }
