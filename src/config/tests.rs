@@ -75,6 +75,15 @@ fn listeners_may_share_port_0_but_no_other_address() {
     assert_eq!(both("127.0.0.1:0").unwrap(), "127.0.0.1:0");
     let err = both("127.0.0.1:8080").unwrap_err().problems.join("\n");
     assert!(err.contains("server.admin_listen must differ"), "{err}");
+    let oauth = |addr: &str| {
+        let server = format!("[server]\noauth_listen = \"{addr}\"\n");
+        parse(&server, &HashMap::new()).map(|s| s.server.oauth_listen)
+    };
+    assert_eq!(oauth("127.0.0.1:8443").unwrap(), "127.0.0.1:8443");
+    let err = oauth("127.0.0.1:9090").unwrap_err().to_string();
+    assert!(err.contains("server.oauth_listen must differ"), "{err}");
+    let err = oauth("nowhere").unwrap_err().to_string();
+    assert!(err.contains("server.oauth_listen"), "{err}");
 }
 
 #[test]

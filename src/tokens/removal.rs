@@ -90,10 +90,11 @@ impl TokenManager {
             let removed = self.remove(merchant).await? || known;
             return Ok(removed.then(|| self.removed(RevocationOutcome::Skipped, None)));
         }
-        let (cached_refresh, access) = self.forget_slot(merchant);
+        // Marked first: from then on no store read brings the merchant back into the cache.
         let marked = self.inner.store.mark_removing(merchant).await;
         self.count_store("save", marked.is_ok());
         let stored = marked?;
+        let (cached_refresh, access) = self.forget_slot(merchant);
         let Some(refresh_token) = stored.map(|s| s.refresh_token).or(cached_refresh) else {
             return Ok(None);
         };
