@@ -265,12 +265,12 @@ async fn put(
     audit(&id, action, None, result)
 }
 
+/// Stores what a `PUT` body gives and answers the merchant's state.
 async fn put_merchant(
     api: &AdminApi,
     id: &MerchantId,
     put: PutMerchant,
 ) -> Result<Response, AdminError> {
-    let id = id.clone();
     let redirect_uri = put.redirect_uri.filter(|u| !u.is_empty());
     let bad = |d: &str| Err(AdminError::BadRequest(d.into()));
     match (put.refresh_token, put.authorization_code) {
