@@ -281,8 +281,8 @@ async fn put_merchant(
             if redirect_uri.is_some() {
                 return bad("redirect_uri goes only with authorization_code");
             }
-            let added = api.tokens.add_refresh_token(&id, token).await;
-            added.map_err(|e| token_error(&id, e))?;
+            let added = api.tokens.add_refresh_token(id, token).await;
+            added.map_err(|e| token_error(id, e))?;
         }
         (None, Some(code)) => {
             if code.is_empty() {
@@ -292,14 +292,12 @@ async fn put_merchant(
                 check_redirect_uri(uri)?;
             }
             let uri = redirect_uri.or_else(|| api.default_redirect_uri.clone());
-            let added = api
-                .tokens
-                .add_authorization_code(&id, &code, uri.as_deref());
-            added.await.map_err(|e| token_error(&id, e))?;
+            let added = api.tokens.add_authorization_code(id, &code, uri.as_deref());
+            added.await.map_err(|e| token_error(id, e))?;
         }
         _ => return bad("give exactly one of refresh_token and authorization_code"),
     }
-    Ok(ok_json(&api.status(&id).await?))
+    Ok(ok_json(&api.status(id).await?))
 }
 
 /// `?keep_authorization=true|false` of `DELETE /admin/merchants/{id}` (the only parameter).
