@@ -134,7 +134,10 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Merchants(cmd) => merchants(settings, cmd),
+        Command::Merchants(cmd) => match merchants(settings, cmd) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Clients(ClientsCommand::New {
             name,
             merchants,
@@ -143,16 +146,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(StartError(e)) => match e.strip_prefix(NOT_REVOKED) {
-            Some(e) => {
-                eprintln!("mollie-gateway: {e}");
-                ExitCode::from(3)
-            }
-            None => {
-                eprintln!("mollie-gateway: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Err(e) => {
+            eprintln!("mollie-gateway: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -250,7 +247,8 @@ fn new_client(name: &str, merchants: Vec<String>, test: bool) -> Result<(), Star
     Ok(())
 }
 
-fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError> {
+/// `merchants …`: the exit code ([`NOT_REVOKED`] for a removal Mollie did not confirm).
+fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<ExitCode, StartError> {
     let conf = app::server_conf(&settings);
     let parts = Parts::new(settings, &conf)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -289,7 +287,7 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
                         .map_err(|e| StartError(format!("cannot onboard {id}: {e}")))?;
                     println!("stored merchant {id} (authorization code exchanged)");
                 }
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
             MerchantsCommand::List => {
                 let all = parts
@@ -306,7 +304,7 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
                     };
                     println!("{:<40} {:<8} {}", id.as_str(), state, m.updated_at);
                 }
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
             MerchantsCommand::Remove {
                 id,
@@ -314,14 +312,18 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
             } => remove_merchant(&parts, parse_id(&id)?, keep_authorization).await,
         }
     });
-    // Let the runtime's token calls finish closing before the process exits.
+    // The token client's pooled connections belong to `rt`: dropped while it still exists.
     drop(parts);
     result
 }
 
 /// `merchants remove`: revoke (unless kept), forget; [`NOT_REVOKED`] when Mollie did not
-/// confirm the revocation.
-async fn remove_merchant(parts: &Parts, id: MerchantId, keep: bool) -> Result<(), StartError> {
+/// confirm the revocation (the message says what happened and what happens next).
+async fn remove_merchant(
+    parts: &Parts,
+    id: MerchantId,
+    keep: bool,
+) -> Result<ExitCode, StartError> {
     if !keep {
         parts.prepare().await?;
     }
@@ -332,28 +334,28 @@ async fn remove_merchant(parts: &Parts, id: MerchantId, keep: bool) -> Result<()
         .map_err(|e| StartError(e.to_string()))?
         .ok_or_else(|| StartError(format!("no merchant {id} in the store")))?;
     use mollie_gateway::tokens::RevocationOutcome as O;
-    match removal.outcome {
+    let not_revoked = match removal.outcome {
         O::Revoked | O::AlreadyInvalid => {
             println!("removed merchant {id} (authorization revoked at Mollie)");
-            Ok(())
+            return Ok(ExitCode::SUCCESS);
         }
         O::Skipped => {
             println!("removed merchant {id} (authorization kept at Mollie)");
-            Ok(())
+            return Ok(ExitCode::SUCCESS);
         }
-        O::NotConfigured => Err(StartError(format!(
-            "{NOT_REVOKED}removed merchant {id}, but NOT revoked at Mollie: no OAuth app is \
-             configured (oauth.client_id/client_secret)"
-        ))),
-        O::Failed => Err(StartError(format!(
-            "{NOT_REVOKED}merchant {id} is no longer served, but its revocation at Mollie \
-             failed ({}); the record stays `removing` and a running gateway retries the \
-             revocation",
+        O::NotConfigured => format!(
+            "removed merchant {id}, but NOT revoked at Mollie: no OAuth app is configured \
+             (oauth.client_id/client_secret)"
+        ),
+        O::Failed => format!(
+            "merchant {id} is no longer served, but its revocation at Mollie failed ({}); the \
+             record stays `removing` and a running gateway retries the revocation",
             removal.error.unwrap_or_default()
-        ))),
-    }
+        ),
+    };
+    eprintln!("mollie-gateway: {not_revoked}");
+    Ok(ExitCode::from(NOT_REVOKED))
 }
 
-/// Marks a [`StartError`] whose command did its local part but could not revoke at Mollie:
-/// exit code 3.
-const NOT_REVOKED: &str = "not revoked: ";
+/// The exit code of a removal whose revocation at Mollie did not happen.
+const NOT_REVOKED: u8 = 3;
