@@ -5,7 +5,7 @@
 //! own runtimes (store load, first DNS resolution) on a short-lived runtime.
 //! Must not: parse the command line (main.rs) or serve anything itself.
 
-use crate::admin::{Admin, AdminApi, AdminService, Onboarding};
+use crate::admin::{oauth_router, Admin, AdminApi, AdminService, Onboarding};
 use crate::config::Settings;
 use crate::listen::{BoundAddr, Listening, Socket};
 use crate::metrics::Metrics;
@@ -15,7 +15,7 @@ use crate::reload::{ConfigSource, ReloadService};
 use crate::store::crypto::{Keyring, Sealing};
 use crate::store::file::FileStore;
 use crate::store::CredentialStore;
-use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
+use crate::tokens::{RefresherService, RevokerService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
 use pingora::connectors::http::Connector;
 use pingora::listeners::tls::TlsSettings;
@@ -180,6 +180,10 @@ pub fn build_server(
         "server.admin_listen",
         &settings.server.admin_listen,
     )?;
+    let oauth_socket = match settings.server.oauth_listen.as_str() {
+        "" => None,
+        addr => Some(bind(&listening, "server.oauth_listen", addr)?),
+    };
     let (parts, token_home) = Parts::with_token_home(settings, &conf)?;
     let merchants = set_up(&parts)?;
     let mut server = Server::new_with_opt_and_conf(
@@ -192,9 +196,25 @@ pub fn build_server(
     server.bootstrap();
     let live = Arc::new(Live::from_settings(&parts.settings, &parts.metrics).map_err(StartError)?);
     let proxy = proxy_service(&parts, &server.configuration, proxy_socket.fd_key(), &live)?;
-    let admin = admin_service(&parts, admin_socket.fd_key(), proxy_socket.bound_addr())?;
+    let onboarding = Onboarding::new(&parts.settings, parts.tokens.clone()).map_err(StartError)?;
+    let (admin_pages, oauth) = match oauth_socket {
+        None => (Some(onboarding), None),
+        Some(socket) => {
+            let service = oauth_service(&parts.settings, socket.fd_key(), onboarding)?;
+            (None, Some(socket.serve(service)))
+        }
+    };
+    let admin = admin_service(
+        &parts,
+        admin_socket.fd_key(),
+        proxy_socket.bound_addr(),
+        admin_pages,
+    )?;
     server.add_service(proxy_socket.serve(proxy));
     server.add_service(admin_socket.serve(admin));
+    if let Some(oauth) = oauth {
+        server.add_service(oauth);
+    }
     add_background_services(&mut server, &parts, token_home);
     server.add_service(background_service(
         "reload",
@@ -276,19 +296,42 @@ fn proxy_service(
     if s.server.tls_cert.is_empty() {
         proxy.add_tcp(listen);
     } else {
-        let mut tls = TlsSettings::intermediate(&s.server.tls_cert, &s.server.tls_key)
-            .map_err(|e| StartError(format!("server.tls_cert/tls_key: {e}")))?;
+        let mut tls = tls_settings(s)?;
         tls.enable_h2();
         proxy.add_tls_with_settings(listen, None, tls);
     }
     Ok(proxy)
 }
 
+fn tls_settings(s: &Settings) -> Result<TlsSettings, StartError> {
+    TlsSettings::intermediate(&s.server.tls_cert, &s.server.tls_key)
+        .map_err(|e| StartError(format!("server.tls_cert/tls_key: {e}")))
+}
+
+/// The OAuth listener (`server.oauth_listen`): `/oauth/connect` and `/oauth/callback` only,
+/// over HTTPS (HTTP/1.1) when `server.tls_cert` is set, like the proxy listener.
+fn oauth_service(
+    s: &Settings,
+    listen: &str,
+    onboarding: Onboarding,
+) -> Result<Service<AdminService>, StartError> {
+    let app = AdminService::new(oauth_router(onboarding));
+    let mut oauth = Service::new("mollie-gateway oauth".to_string(), app);
+    if s.server.tls_cert.is_empty() {
+        oauth.add_tcp(listen);
+    } else {
+        oauth.add_tls_with_settings(listen, None, tls_settings(s)?);
+    }
+    Ok(oauth)
+}
+
 /// The admin listener (`server.admin_listen`); `/readyz` probes the proxy's bound address.
+/// It serves the OAuth pages too unless they have their own listener (`onboarding` `None`).
 fn admin_service(
     parts: &Parts,
     listen: &str,
     proxy_addr: BoundAddr,
+    onboarding: Option<Onboarding>,
 ) -> Result<Service<AdminService>, StartError> {
     let s = &parts.settings;
     let admin = Admin {
@@ -300,14 +343,15 @@ fn admin_service(
             ("upstream.token_url", parts.token_endpoint.clone()),
         ],
         api: AdminApi::new(s, parts.tokens.clone(), parts.store.clone()),
-        onboarding: Onboarding::new(s, parts.tokens.clone()).map_err(StartError)?,
+        onboarding,
     };
     let mut admin = Service::new("mollie-gateway admin".to_string(), admin.into_service());
     admin.add_tcp(listen);
     Ok(admin)
 }
 
-/// The DNS resolver, the token endpoint's home and, unless disabled, the background refresher.
+/// The DNS resolver, the token endpoint's home, the revoker and, unless disabled, the
+/// background refresher.
 fn add_background_services(server: &mut Server, parts: &Parts, token_home: TokenEndpointService) {
     server.add_service(background_service(
         "resolver",
@@ -317,6 +361,13 @@ fn add_background_services(server: &mut Server, parts: &Parts, token_home: Token
     ));
     // Every token call runs here; it outlives the grace period (oauth/home.rs).
     server.add_service(background_service("token endpoint", token_home));
+    // Retries revocations at Mollie of removed merchants (tokens/removal.rs).
+    server.add_service(background_service(
+        "revoker",
+        RevokerService {
+            tokens: parts.tokens.clone(),
+        },
+    ));
     if parts.settings.oauth.background_refresh {
         server.add_service(background_service(
             "refresher",

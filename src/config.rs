@@ -79,8 +79,11 @@ pub struct ServerSettings {
     /// Optional PEM certificate and key: serve the proxy over HTTPS.
     pub tls_cert: String,
     pub tls_key: String,
-    /// Metrics, health, admin API and OAuth callback.
+    /// Metrics, health, admin API (and the OAuth pages unless `oauth_listen` is set).
     pub admin_listen: String,
+    /// Optional: `/oauth/connect` and `/oauth/callback` on their own listener (facing
+    /// merchants' browsers; TLS like the proxy when `tls_cert` is set), and only there.
+    pub oauth_listen: String,
     /// Worker threads of the proxy service.
     pub threads: usize,
     /// On SIGTERM: seconds to keep serving before draining (pingora's default is 300).
@@ -114,6 +117,7 @@ impl Default for ServerSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             admin_listen: DEFAULT_ADMIN_LISTEN.into(),
+            oauth_listen: String::new(),
             threads: DEFAULT_THREADS,
             grace_period_secs: DEFAULT_GRACE_PERIOD_SECS,
             graceful_shutdown_timeout_secs: DEFAULT_GRACE_PERIOD_SECS,
@@ -322,6 +326,9 @@ impl Default for StoreSettings {
 pub struct AdminSettings {
     /// Bearer token for `/admin/*`; empty disables the admin API.
     pub token: Secret,
+    /// A file holding the bearer token (a mounted secret) instead of `token`; read once at
+    /// start-up, surrounding whitespace trimmed. Set only one of the two.
+    pub token_file: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -2,7 +2,8 @@
 //!
 //! - `run` (default): serve the proxy (see `app::build_server`).
 //! - `merchants add ID (--refresh-token T | --code C [--redirect-uri U])`, `merchants list`,
-//!   `merchants remove ID`: act on the configured credential store.
+//!   `merchants remove ID [--keep-authorization]`: act on the configured credential store
+//!   (`remove` revokes at Mollie first; exit code 3 when that did not happen).
 //! - `store rekey`: re-encrypt every stored record under the newest key of
 //!   `store.encryption_key_file`.
 //! - `clients new NAME [--merchants m1,m2] [--test]`: a new gateway key for a calling service.
@@ -80,8 +81,14 @@ enum MerchantsCommand {
     },
     /// List stored merchants (no secrets).
     List,
-    /// Remove a merchant from the store.
-    Remove { id: String },
+    /// Revoke a merchant's authorization at Mollie, then remove it from the store (exit code
+    /// 3 when Mollie could not confirm: the gateway retries the revocation).
+    Remove {
+        id: String,
+        /// Forget the merchant without revoking its authorization at Mollie.
+        #[arg(long)]
+        keep_authorization: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,7 +149,10 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Merchants(cmd) => merchants(settings, cmd),
+        Command::Merchants(cmd) => match merchants(settings, cmd) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Store(StoreCommand::Rekey) => rekey(settings),
         Command::Clients(ClientsCommand::New {
             name,
@@ -273,7 +283,8 @@ fn rekey(settings: Settings) -> Result<(), StartError> {
     Ok(())
 }
 
-fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError> {
+/// `merchants …`: the exit code ([`NOT_REVOKED`] for a removal Mollie did not confirm).
+fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<ExitCode, StartError> {
     let conf = app::server_conf(&settings);
     let parts = Parts::new(settings, &conf)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -282,7 +293,7 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
         .map_err(|e| StartError(format!("cannot start a runtime: {e}")))?;
     let parse_id =
         |id: &str| MerchantId::parse(id).map_err(|e| StartError(format!("merchant id {id:?} {e}")));
-    rt.block_on(async {
+    let result = rt.block_on(async {
         match cmd {
             MerchantsCommand::Add {
                 id,
@@ -312,7 +323,7 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
                         .map_err(|e| StartError(format!("cannot onboard {id}: {e}")))?;
                     println!("stored merchant {id} (authorization code exchanged)");
                 }
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
             MerchantsCommand::List => {
                 let all = parts
@@ -322,25 +333,65 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<(), StartError
                     .map_err(|e| StartError(e.to_string()))?;
                 println!("{:<40} {:<8} updated_at", "merchant", "state");
                 for (id, m) in all {
-                    let state = if m.revoked { "revoked" } else { "active" };
+                    let state = match (m.removing, m.revoked) {
+                        (true, _) => "removing",
+                        (false, true) => "revoked",
+                        (false, false) => "active",
+                    };
                     println!("{:<40} {:<8} {}", id.as_str(), state, m.updated_at);
                 }
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
-            MerchantsCommand::Remove { id } => {
-                let id = parse_id(&id)?;
-                let removed = parts
-                    .tokens
-                    .remove(&id)
-                    .await
-                    .map_err(|e| StartError(e.to_string()))?;
-                if removed {
-                    println!("removed merchant {id}");
-                    Ok(())
-                } else {
-                    Err(StartError(format!("no merchant {id} in the store")))
-                }
-            }
+            MerchantsCommand::Remove {
+                id,
+                keep_authorization,
+            } => remove_merchant(&parts, parse_id(&id)?, keep_authorization).await,
         }
-    })
+    });
+    // The token client's pooled connections belong to `rt`: dropped while it still exists.
+    drop(parts);
+    result
 }
+
+/// `merchants remove`: revoke (unless kept), forget; [`NOT_REVOKED`] when Mollie did not
+/// confirm the revocation (the message says what happened and what happens next).
+async fn remove_merchant(
+    parts: &Parts,
+    id: MerchantId,
+    keep: bool,
+) -> Result<ExitCode, StartError> {
+    if !keep {
+        parts.prepare().await?;
+    }
+    let removal = parts
+        .tokens
+        .remove_merchant(&id, !keep)
+        .await
+        .map_err(|e| StartError(e.to_string()))?
+        .ok_or_else(|| StartError(format!("no merchant {id} in the store")))?;
+    use mollie_gateway::tokens::RevocationOutcome as O;
+    let not_revoked = match removal.outcome {
+        O::Revoked | O::AlreadyInvalid => {
+            println!("removed merchant {id} (authorization revoked at Mollie)");
+            return Ok(ExitCode::SUCCESS);
+        }
+        O::Skipped => {
+            println!("removed merchant {id} (authorization kept at Mollie)");
+            return Ok(ExitCode::SUCCESS);
+        }
+        O::NotConfigured => format!(
+            "removed merchant {id}, but NOT revoked at Mollie: no OAuth app is configured \
+             (oauth.client_id/client_secret)"
+        ),
+        O::Failed => format!(
+            "merchant {id} is no longer served, but its revocation at Mollie failed ({}); the \
+             record stays `removing` and a running gateway retries the revocation",
+            removal.error.unwrap_or_default()
+        ),
+    };
+    eprintln!("mollie-gateway: {not_revoked}");
+    Ok(ExitCode::from(NOT_REVOKED))
+}
+
+/// The exit code of a removal whose revocation at Mollie did not happen.
+const NOT_REVOKED: u8 = 3;

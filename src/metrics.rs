@@ -30,6 +30,14 @@ pub const REFRESH_OUTCOMES: [&str; 5] = [
     "bad_response",
     "misconfigured",
 ];
+/// The `outcome` values of `revocations_total` (`tokens::RevocationOutcome`).
+pub const REVOCATION_OUTCOMES: [&str; 5] = [
+    "revoked",
+    "already_invalid",
+    "failed",
+    "skipped",
+    "not_configured",
+];
 /// The `op` and `outcome` values of `store_operations_total`.
 pub const STORE_OPS: [&str; 3] = ["load", "save", "remove"];
 pub const STORE_OUTCOMES: [&str; 2] = ["ok", "error"];
@@ -54,6 +62,8 @@ pub struct Metrics {
     pub merchants: IntGauge,
     pub gateway_errors: IntCounterVec,
     pub store_operations: IntCounterVec,
+    /// `revocations_total{outcome}`: removals and their revocation at Mollie.
+    pub revocations: IntCounterVec,
     /// Open caller connections on the proxy listener.
     pub connections_open: IntGauge,
     /// `reason` handles of `connections_refused_total`, in [`REFUSAL_REASONS`] order.
@@ -212,6 +222,14 @@ impl Metrics {
                 "Credential store operations by op (load, save, remove) and outcome (ok, error).",
                 &["op", "outcome"],
             ),
+            revocations: counter_vec(
+                r,
+                "revocations_total",
+                "Revocations at Mollie of removed merchants' authorizations, by outcome \
+                 (revoked, already_invalid, failed: retried later, skipped: \
+                 keep_authorization, not_configured: no OAuth app).",
+                &["outcome"],
+            ),
             connections_open: gauge(
                 r,
                 "connections_open",
@@ -234,6 +252,9 @@ impl Metrics {
             for outcome in REFRESH_OUTCOMES {
                 self.token_refreshes.with_label_values(&[grant, outcome]);
             }
+        }
+        for outcome in REVOCATION_OUTCOMES {
+            self.revocations.with_label_values(&[outcome]);
         }
         for op in STORE_OPS {
             for outcome in STORE_OUTCOMES {
@@ -308,6 +329,7 @@ mod tests {
             "mollie_gateway_store_operations_total{op=\"remove\",outcome=\"error\"} 0",
             "mollie_gateway_connections_refused_total{reason=\"header_timeout\"} 0",
             "mollie_gateway_connections_open 0",
+            "mollie_gateway_revocations_total{outcome=\"failed\"} 0",
         ] {
             assert!(text.contains(sample), "{sample} missing in\n{text}");
         }

@@ -1,5 +1,6 @@
-//! The Mollie token endpoint client (`POST /oauth2/tokens`): both grants, client
-//! authentication, response and error parsing, and where token calls run.
+//! The Mollie token endpoint client (`POST /oauth2/tokens`): both grants, revocation
+//! (`DELETE /oauth2/tokens`), client authentication, response and error parsing, and where
+//! token calls run.
 //!
 //! Owns: the wire format of token calls. Client id and secret go as HTTP Basic; the grant as a
 //! form body (or JSON, `oauth.token_body`). Success bodies are parsed as JSON whatever their
@@ -114,11 +115,57 @@ pub struct TokenSet {
     pub expires_in: Duration,
 }
 
+/// Which token a revocation names (its `token_type_hint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    RefreshToken,
+    AccessToken,
+}
+
+impl TokenKind {
+    pub fn hint(self) -> &'static str {
+        match self {
+            TokenKind::RefreshToken => "refresh_token",
+            TokenKind::AccessToken => "access_token",
+        }
+    }
+}
+
+/// One token to revoke at Mollie (`Debug` prints the token as `***`).
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub kind: TokenKind,
+    pub token: Secret,
+}
+
+impl Revocation {
+    /// The form body Mollie documents: `token_type_hint=…&token=…`.
+    fn form(&self) -> Bytes {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        ser.append_pair("token_type_hint", self.kind.hint());
+        ser.append_pair("token", self.token.expose());
+        Bytes::from(ser.finish())
+    }
+}
+
+/// What the token endpoint said to a revocation that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// 2xx: revoked now.
+    Confirmed,
+    /// 400 `invalid_grant`/`invalid_token`: the token was already dead.
+    AlreadyInvalid,
+}
+
 /// The token endpoint, behind a trait so the token manager can be unit-tested without HTTP
 /// and so that the server can route every call to one runtime ([`TokenClient`]).
 #[async_trait::async_trait]
 pub trait TokenEndpoint: Send + Sync {
     async fn exchange(&self, grant: Grant<'_>) -> Result<TokenSet, OAuthError>;
+    /// `DELETE /oauth2/tokens` for one token. The default (test doubles) sends nothing.
+    async fn revoke(&self, _revocation: &Revocation) -> Result<Revoked, OAuthError> {
+        Err(OAuthError::NotConfigured)
+    }
 }
 
 #[derive(Deserialize)]
@@ -144,6 +191,26 @@ pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenSet, OAuthE
         return Err(OAuthError::Unavailable(Unavailable::Status(status)));
     }
     Err(parse_error(status, body))
+}
+
+/// Interprets a revocation answer: any 2xx confirms; `invalid_grant` or `invalid_token`
+/// means the token was already dead; 5xx and 429 are transient.
+pub fn parse_revocation_response(status: u16, body: &[u8]) -> Result<Revoked, OAuthError> {
+    if (200..300).contains(&status) {
+        return Ok(Revoked::Confirmed);
+    }
+    if status >= 500 || status == 429 {
+        return Err(OAuthError::Unavailable(Unavailable::Status(status)));
+    }
+    match parse_error(status, body) {
+        OAuthError::InvalidGrant(_) => Ok(Revoked::AlreadyInvalid),
+        OAuthError::BadResponse(BadResponse::OtherError { error, .. })
+            if error == "invalid_token" =>
+        {
+            Ok(Revoked::AlreadyInvalid)
+        }
+        other => Err(other),
+    }
 }
 
 /// A 2xx answer: JSON with a header-safe `access_token`, and a positive `expires_in` if any.
@@ -320,6 +387,32 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["grant_type"], "authorization_code");
         assert_eq!(v["redirect_uri"], "https://x/cb");
+    }
+
+    #[test]
+    fn revocations_are_encoded_and_classified() {
+        let r = Revocation {
+            kind: TokenKind::RefreshToken,
+            token: Secret::new("refresh_a+b"),
+        };
+        assert_eq!(
+            &r.form()[..],
+            b"token_type_hint=refresh_token&token=refresh_a%2Bb"
+        );
+        assert!(!format!("{r:?}").contains("refresh_a"));
+        let parse = parse_revocation_response;
+        assert_eq!(parse(204, b""), Ok(Revoked::Confirmed));
+        assert_eq!(parse(200, b"{}"), Ok(Revoked::Confirmed));
+        let dead = br#"{"error":"invalid_token"}"#;
+        assert_eq!(parse(400, dead), Ok(Revoked::AlreadyInvalid));
+        let grant = br#"{"error":"invalid_grant"}"#;
+        assert_eq!(parse(400, grant), Ok(Revoked::AlreadyInvalid));
+        assert!(matches!(parse(503, b"x"), Err(OAuthError::Unavailable(_))));
+        let client = br#"{"error":"invalid_client"}"#;
+        assert!(matches!(
+            parse(401, client),
+            Err(OAuthError::InvalidClient(_))
+        ));
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //! Sub-modules: `error` ([`TokenError`] and its typed causes; `error.rs` at the crate root
 //! turns it into an answer), `policy` (the timing rules and the backoff, pure), `refresh` (one
 //! refresh, step by step), `operators` (onboarding, removal, forced refresh, state listing),
-//! `refresher` (the background service).
+//! `refresher` (the background service), `removal` (revocation at Mollie on removal, and the
+//! [`RevokerService`] that retries it).
 
 use crate::metrics::Metrics;
 use crate::oauth::TokenEndpoint;
@@ -46,10 +47,12 @@ mod operators;
 mod policy;
 mod refresh;
 mod refresher;
+mod removal;
 pub use error::{BadAnswer, Misconfigured, StoreFailure, TokenError, Unavailable};
 pub use operators::MerchantStatus;
 pub use policy::{token_times, Backoff, TokenPolicy, TokenTimes, MAX_STALE_MARGIN};
 pub use refresher::RefresherService;
+pub use removal::{Removal, RevocationOutcome, RevokerService, REMOVING_RESCAN};
 
 /// A cached access token, ready to be put on a request.
 pub struct CachedToken {
@@ -134,6 +137,10 @@ struct Inner {
     /// A std mutex: pushed and popped in sync code only.
     schedule: Mutex<BinaryHeap<Reverse<(Instant, u64, MerchantId)>>>,
     schedule_changed: Notify,
+    /// Revocations to retry (merchants `removing` in the store): when, and failures so far.
+    /// A std mutex: locked in sync code only.
+    removals: Mutex<std::collections::BTreeMap<MerchantId, removal::Pending>>,
+    removals_changed: Notify,
 }
 
 /// Cheap to clone: every clone shares one cache.
@@ -159,18 +166,25 @@ impl TokenManager {
                 next_id: AtomicU64::new(1),
                 schedule: Mutex::new(BinaryHeap::new()),
                 schedule_changed: Notify::new(),
+                removals: Mutex::new(Default::default()),
+                removals_changed: Notify::new(),
             }),
         }
     }
 
-    /// Loads every stored merchant into the cache (without access tokens).
+    /// Loads every stored merchant into the cache (without access tokens); a merchant being
+    /// removed is not served, its revocation is retried.
     pub async fn load(&self) -> Result<usize, crate::store::StoreError> {
         let all = self.inner.store.load_all().await;
         self.count_store("load", all.is_ok());
         let all = all?;
         let n = all.len();
         for (id, stored) in all {
-            self.inner.slots.insert(id, Slot::new(stored));
+            if stored.removing {
+                self.resume_removal(&id);
+            } else {
+                self.inner.slots.insert(id, Slot::new(stored));
+            }
         }
         self.inner
             .metrics
@@ -244,11 +258,11 @@ impl TokenManager {
         let found = self.inner.store.get(merchant).await;
         self.count_store("load", found.is_ok());
         match found {
-            Ok(Some(stored)) if !stored.revoked => {
+            Ok(Some(stored)) if !stored.revoked && !stored.removing => {
                 self.inner.slots.insert(merchant.clone(), Slot::new(stored));
                 true
             }
-            Ok(None) => {
+            Ok(None) | Ok(Some(StoredMerchant { removing: true, .. })) => {
                 self.inner.slots.remove(merchant);
                 self.inner
                     .metrics
@@ -305,6 +319,10 @@ impl TokenManager {
         let found = self.inner.store.get(merchant).await;
         self.count_store("load", found.is_ok());
         match found {
+            Ok(Some(stored)) if stored.removing => {
+                self.resume_removal(merchant);
+                Err(TokenError::UnknownMerchant)
+            }
             Ok(Some(stored)) => {
                 self.inner
                     .slots

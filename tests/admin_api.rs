@@ -333,7 +333,10 @@ async fn delete_forgets_the_merchant() {
     onboard_via_api(&gw, &fake, "m1").await;
     let del = admin(&gw, "DELETE", "/admin/merchants/m1", None).await;
     assert_eq!(del.status, 200, "{}", del.body);
-    assert_eq!(del.json(), serde_json::json!({"id": "m1", "removed": true}));
+    assert_eq!(
+        del.json(),
+        serde_json::json!({"id": "m1", "removed": true, "revoked_at_mollie": true})
+    );
     assert_eq!(proxied(&gw, "m1").await, (401, "unknown_merchant".into()));
     assert!(!support::read_store(&gw.store).to_string().contains("m1"));
     admin(&gw, "DELETE", "/admin/merchants/m1", None)

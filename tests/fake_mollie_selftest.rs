@@ -422,3 +422,49 @@ async fn token_modes() {
     assert_eq!(fake.token_calls(), 6);
     assert_eq!(fake.token_calls_for("mx"), 6);
 }
+
+async fn revoke(fake: &FakeMollie, auth: bool, form: &[(&str, &str)]) -> u16 {
+    let mut req = client().delete(fake.token_url()).form(form);
+    if auth {
+        req = req.basic_auth(CLIENT_ID, Some(CLIENT_SECRET));
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn revocations_are_recorded_and_end_the_authorization() {
+    let fake = FakeMollie::start().await;
+    let rt = fake.add_merchant("m1");
+    let at = access_token(&fake, &rt).await;
+    let form = |hint, token| [("token_type_hint", hint), ("token", token)];
+
+    assert_eq!(revoke(&fake, false, &form("refresh_token", &rt)).await, 401);
+    fake.set_fail_revocations(true);
+    assert_eq!(revoke(&fake, true, &form("refresh_token", &rt)).await, 503);
+    fake.set_fail_revocations(false);
+    assert_eq!(
+        fake.current_refresh_token("m1").as_deref(),
+        Some(rt.as_str())
+    );
+
+    assert_eq!(revoke(&fake, true, &form("access_token", &at)).await, 204);
+    assert_eq!(
+        fake.current_refresh_token("m1").as_deref(),
+        Some(rt.as_str())
+    );
+    assert_eq!(revoke(&fake, true, &form("refresh_token", &rt)).await, 204);
+    assert_eq!(fake.current_refresh_token("m1"), None);
+    assert_eq!(refresh(&fake, &rt).await.status(), 400, "invalid_grant now");
+    // Unknown tokens are answered 204 too (RFC 7009).
+    assert_eq!(
+        revoke(&fake, true, &form("refresh_token", "nope")).await,
+        204
+    );
+
+    let seen = fake.revocations();
+    assert_eq!(seen.len(), 5);
+    assert!(!seen[0].basic_auth_ok && seen[1].basic_auth_ok);
+    assert_eq!(seen[1].content_type, "application/x-www-form-urlencoded");
+    assert_eq!(seen[3].params["token_type_hint"], "refresh_token");
+    assert_eq!(seen[3].params["token"], rt);
+}

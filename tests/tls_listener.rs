@@ -1,6 +1,7 @@
 //! The HTTPS proxy listener (`server.tls_cert`/`tls_key`): a client that trusts the test CA
 //! negotiates HTTP/2 when it offers `h2`, HTTP/1.1 when it offers only that (or nothing), and
-//! both carry a proxied request to the fake Mollie. The HTTP/2 round trip uses pingora's own
+//! both carry a proxied request to the fake Mollie. The OAuth listener (`server.oauth_listen`)
+//! serves its pages over HTTPS with the same certificate. The HTTP/2 round trip uses pingora's own
 //! client (already a dependency), so no new crate is needed.
 
 mod support;
@@ -36,9 +37,18 @@ fn tls_gateway(fake: &FakeMollie, pki: &ListenerPki) -> Gateway {
     gw
 }
 
-/// TLS to the gateway, trusting only the test CA, offering `alpn`.
+/// TLS to the gateway's proxy listener, trusting only the test CA, offering `alpn`.
 async fn handshake(
     gw: &Gateway,
+    pki: &ListenerPki,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    handshake_with(&gw.listen, pki, alpn).await
+}
+
+/// TLS to `addr`, trusting only the test CA, offering `alpn`.
+async fn handshake_with(
+    addr: &str,
     pki: &ListenerPki,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
@@ -52,7 +62,7 @@ async fn handshake(
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(&gw.listen))
+    let tcp = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(addr))
         .await
         .expect("connect timed out")
         .expect("connect");
@@ -169,4 +179,23 @@ async fn an_http2_request_is_proxied() {
     assert_eq!(echo["merchant"], "m1");
     assert_eq!(echo["headers"]["idempotency-key"], "h2-key");
     assert!(echo["headers"].get("x-merchant-id").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oauth_listener_serves_https_like_the_proxy() {
+    let fake = FakeMollie::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ListenerPki::write(dir.path());
+    let gw = GatewayBuilder::new(&fake)
+        .env("SERVER__TLS_CERT", pki.cert_file.display().to_string())
+        .env("SERVER__TLS_KEY", pki.key_file.display().to_string())
+        .env("SERVER__OAUTH_LISTEN", "127.0.0.1:0")
+        .env("OAUTH__REDIRECT_URI", "https://localhost/oauth/callback")
+        .start();
+    let mut tls = handshake_with(&gw.oauth, &pki, &[b"http/1.1"]).await;
+    let resp = http1_round_trip(&mut tls, "/oauth/connect?merchant=m1").await;
+    assert!(resp.starts_with("HTTP/1.1 302"), "{resp}");
+    let mut tls = handshake_with(&gw.oauth, &pki, &[b"http/1.1"]).await;
+    let resp = http1_round_trip(&mut tls, "/metrics").await;
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
 }

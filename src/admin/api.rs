@@ -113,7 +113,7 @@ impl AdminApi {
             return Ok(status);
         }
         match self.store.get(id).await {
-            Ok(Some(m)) => Ok(stored_status(id.clone(), m.revoked)),
+            Ok(Some(m)) => Ok(stored_status(id.clone(), m.revoked, m.removing)),
             Ok(None) => Err(not_found(id)),
             Err(e) => Err(GatewayError::StoreUnavailable(e.to_string()).into()),
         }
@@ -140,7 +140,11 @@ async fn bearer(
     };
     match token {
         Some(token) if bool::from(sha256(token).ct_eq(&*expected)) => Ok(next.run(req).await),
-        _ => Err(AdminError::Unauthorized),
+        _ => {
+            // The path only: the header's value is never logged.
+            tracing::warn!(method = %req.method(), path = req.uri().path(), outcome = "admin_unauthorized", "admin request refused: missing or wrong bearer token");
+            Err(AdminError::Unauthorized)
+        }
     }
 }
 
@@ -229,7 +233,7 @@ async fn list(State(api): Api) -> Result<Response, AdminError> {
         .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
     for m in stored {
         if all.iter().all(|s| s.id != m.id) {
-            all.push(stored_status(m.id, m.revoked));
+            all.push(stored_status(m.id, m.revoked, m.removing));
         }
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
@@ -245,7 +249,27 @@ async fn one(State(api): Api, MerchantPath(id): MerchantPath) -> Result<Response
 async fn put(
     State(api): Api,
     MerchantPath(id): MerchantPath,
-    AnyJson(put): AnyJson<PutMerchant>,
+    body: Result<AnyJson<PutMerchant>, AdminError>,
+) -> Result<Response, AdminError> {
+    let action = match &body {
+        Ok(AnyJson(PutMerchant {
+            authorization_code: Some(_),
+            ..
+        })) => "add_code",
+        _ => "add_refresh_token",
+    };
+    let result = match body {
+        Ok(AnyJson(body)) => put_merchant(&api, &id, body).await,
+        Err(e) => Err(e),
+    };
+    audit(&id, action, None, result)
+}
+
+/// Stores what a `PUT` body gives and answers the merchant's state.
+async fn put_merchant(
+    api: &AdminApi,
+    id: &MerchantId,
+    put: PutMerchant,
 ) -> Result<Response, AdminError> {
     let redirect_uri = put.redirect_uri.filter(|u| !u.is_empty());
     let bad = |d: &str| Err(AdminError::BadRequest(d.into()));
@@ -257,9 +281,8 @@ async fn put(
             if redirect_uri.is_some() {
                 return bad("redirect_uri goes only with authorization_code");
             }
-            let added = api.tokens.add_refresh_token(&id, token).await;
-            added.map_err(|e| token_error(&id, e))?;
-            tracing::info!(merchant = %id, "admin: refresh token stored");
+            let added = api.tokens.add_refresh_token(id, token).await;
+            added.map_err(|e| token_error(id, e))?;
         }
         (None, Some(code)) => {
             if code.is_empty() {
@@ -269,30 +292,69 @@ async fn put(
                 check_redirect_uri(uri)?;
             }
             let uri = redirect_uri.or_else(|| api.default_redirect_uri.clone());
-            let added = api
-                .tokens
-                .add_authorization_code(&id, &code, uri.as_deref());
-            added.await.map_err(|e| token_error(&id, e))?;
-            tracing::info!(merchant = %id, "admin: authorization code exchanged and stored");
+            let added = api.tokens.add_authorization_code(id, &code, uri.as_deref());
+            added.await.map_err(|e| token_error(id, e))?;
         }
         _ => return bad("give exactly one of refresh_token and authorization_code"),
     }
-    Ok(ok_json(&api.status(&id).await?))
+    Ok(ok_json(&api.status(id).await?))
 }
 
-/// `DELETE /admin/merchants/{id}`: from the store and the cache.
-async fn delete(State(api): Api, MerchantPath(id): MerchantPath) -> Result<Response, AdminError> {
-    let known = api.tokens.status(&id).is_some();
-    let removed = api
-        .tokens
-        .remove(&id)
-        .await
-        .map_err(|e| token_error(&id, e))?;
-    if !removed && !known {
-        return Err(not_found(&id));
+/// `?keep_authorization=true|false` of `DELETE /admin/merchants/{id}` (the only parameter).
+struct KeepAuthorization(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeepAuthorization {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, AdminError> {
+        let query = parts.uri.query().unwrap_or("");
+        let mut keep = false;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            keep = match (name.as_ref(), value.as_ref()) {
+                ("keep_authorization", "true") => true,
+                ("keep_authorization", "false") => false,
+                _ => {
+                    return Err(AdminError::BadRequest(
+                        "the only query parameter is keep_authorization=true|false".into(),
+                    ))
+                }
+            };
+        }
+        Ok(KeepAuthorization(keep))
     }
-    tracing::info!(merchant = %id, "admin: merchant removed");
-    Ok(ok_json(&serde_json::json!({"id": id, "removed": true})))
+}
+
+/// `DELETE /admin/merchants/{id}`: revoke at Mollie (unless `?keep_authorization=true`),
+/// then forget; when Mollie cannot be reached the merchant is no longer served and the
+/// revocation is retried (`revoked_at_mollie: false`).
+async fn delete(
+    State(api): Api,
+    MerchantPath(id): MerchantPath,
+    keep: Result<KeepAuthorization, AdminError>,
+) -> Result<Response, AdminError> {
+    let removal = match keep {
+        Ok(KeepAuthorization(keep)) => api.tokens.remove_merchant(&id, !keep).await,
+        Err(e) => return audit(&id, "remove", None, Err(e)),
+    };
+    let removal = match removal {
+        Ok(Some(removal)) => removal,
+        Ok(None) => return audit(&id, "remove", None, Err(not_found(&id))),
+        Err(e) => return audit(&id, "remove", None, Err(token_error(&id, e))),
+    };
+    let body = serde_json::json!({
+        "id": id,
+        "removed": true,
+        "revoked_at_mollie": removal.outcome.revoked_at_mollie(),
+    });
+    audit(
+        &id,
+        "remove",
+        Some(removal.outcome.label()),
+        Ok(ok_json(&body)),
+    )
 }
 
 /// `POST /admin/merchants/{id}/refresh`: one token endpoint call now.
@@ -302,18 +364,47 @@ async fn refresh(State(api): Api, MerchantPath(id): MerchantPath) -> Result<Resp
         Err(TokenError::UnknownMerchant) => api.tokens.get(&id).await.map(drop),
         other => other.map(drop),
     };
-    match result {
-        Ok(()) => tracing::info!(merchant = %id, "admin: token refreshed"),
-        Err(TokenError::UnknownMerchant) => return Err(not_found(&id)),
-        Err(e) => return Err(token_error(&id, e)),
-    }
-    Ok(ok_json(&api.status(&id).await?))
+    let answer = match result {
+        Ok(()) => api.status(&id).await.map(|s| ok_json(&s)),
+        Err(TokenError::UnknownMerchant) => Err(not_found(&id)),
+        Err(e) => Err(token_error(&id, e)),
+    };
+    audit(&id, "refresh", None, answer)
 }
 
-fn stored_status(id: MerchantId, revoked: bool) -> MerchantStatus {
+/// Logs one admin action (`add_refresh_token`, `add_code`, `remove`, `refresh`) with its
+/// merchant, its outcome (`ok` or the error's code), and for a removal the revocation's
+/// outcome: an audit trail that never holds a secret (error details are typed and token-free).
+fn audit(
+    id: &MerchantId,
+    action: &'static str,
+    revocation: Option<&'static str>,
+    result: Result<Response, AdminError>,
+) -> Result<Response, AdminError> {
+    let revocation = revocation.unwrap_or("-");
+    match &result {
+        Ok(_) => tracing::info!(merchant = %id, action, outcome = "ok", revocation, "admin action"),
+        Err(e) => tracing::warn!(
+            merchant = %id,
+            action,
+            outcome = e.code(),
+            status = e.status(),
+            revocation,
+            "admin action failed"
+        ),
+    }
+    result
+}
+
+fn stored_status(id: MerchantId, revoked: bool, removing: bool) -> MerchantStatus {
+    let state = match (removing, revoked) {
+        (true, _) => "removing",
+        (false, true) => "revoked",
+        (false, false) => "active",
+    };
     MerchantStatus {
         id,
-        state: if revoked { "revoked" } else { "active" },
+        state,
         access_token_expires_at: None,
         last_refresh_at: None,
         last_refresh_outcome: None,

@@ -14,6 +14,11 @@
 //! | `GET` | `/oauth/connect?merchant=ID` | none (the signed `state` protects the flow) | 302 to Mollie's authorize page |
 //! | `GET` | `/oauth/callback?code=…&state=…` | none (the signed `state`) | verify, exchange the code, store the merchant |
 //!
+//! With `server.oauth_listen` set, the two `/oauth/…` pages are served only on that listener
+//! ([`oauth_router`]: nothing else there, TLS like the proxy when `server.tls_cert` is set),
+//! and the admin listener answers them 404: merchants' browsers reach the OAuth pages while
+//! metrics and the admin API stay on a private address.
+//!
 //! `HEAD` is answered wherever `GET` is. Every other answer the listener makes is an
 //! [`AdminError`], in Mollie's error shape with `X-Gateway-Error`: an unknown path 404
 //! `admin_not_found`, another method 405 `admin_method_not_allowed` with `Allow`, any
@@ -65,8 +70,9 @@ pub struct Admin {
     pub endpoints: Vec<(&'static str, Arc<Endpoint>)>,
     /// `/admin/…`, behind `admin.token`.
     pub api: AdminApi,
-    /// `/oauth/connect` and `/oauth/callback`.
-    pub onboarding: Onboarding,
+    /// `/oauth/connect` and `/oauth/callback`; `None` when they have their own listener
+    /// (`server.oauth_listen`, [`oauth_router`]).
+    pub onboarding: Option<Onboarding>,
 }
 
 /// What `/metrics`, `/healthz` and `/readyz` read.
@@ -87,13 +93,16 @@ impl Admin {
             endpoints: self.endpoints,
         });
         let only_get = || AdminError::allow("GET");
-        Router::new()
+        let mut router = Router::new()
             .route("/metrics", get(metrics).fallback(only_get()))
             .route("/healthz", get(healthz).fallback(only_get()))
             .route("/readyz", get(readyz).fallback(only_get()))
             .with_state(health)
-            .merge(self.api.router())
-            .merge(self.onboarding.router())
+            .merge(self.api.router());
+        if let Some(onboarding) = self.onboarding {
+            router = router.merge(onboarding.router());
+        }
+        router
             .fallback(|| async {
                 AdminError::NotFound("no such endpoint on the admin listener".into())
             })
@@ -105,6 +114,16 @@ impl Admin {
     pub fn into_service(self) -> AdminService {
         AdminService::new(self.router())
     }
+}
+
+/// The OAuth listener's router (`server.oauth_listen`): the two `/oauth/…` pages and nothing
+/// else (no metrics, health or admin API); every response gets `Cache-Control: no-store`.
+pub fn oauth_router(onboarding: Onboarding) -> Router {
+    onboarding
+        .router()
+        .fallback(|| async { AdminError::NotFound("no such page".into()) })
+        .layer(middleware::from_fn(serve::drain_unread))
+        .layer(middleware::map_response(no_store))
 }
 
 async fn no_store(mut resp: Response) -> Response {

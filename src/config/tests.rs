@@ -75,6 +75,15 @@ fn listeners_may_share_port_0_but_no_other_address() {
     assert_eq!(both("127.0.0.1:0").unwrap(), "127.0.0.1:0");
     let err = both("127.0.0.1:8080").unwrap_err().problems.join("\n");
     assert!(err.contains("server.admin_listen must differ"), "{err}");
+    let oauth = |addr: &str| {
+        let server = format!("[server]\noauth_listen = \"{addr}\"\n");
+        parse(&server, &HashMap::new()).map(|s| s.server.oauth_listen)
+    };
+    assert_eq!(oauth("127.0.0.1:8443").unwrap(), "127.0.0.1:8443");
+    let err = oauth("127.0.0.1:9090").unwrap_err().to_string();
+    assert!(err.contains("server.oauth_listen must differ"), "{err}");
+    let err = oauth("nowhere").unwrap_err().to_string();
+    assert!(err.contains("server.oauth_listen"), "{err}");
 }
 
 #[test]
@@ -95,6 +104,31 @@ fn secret_file_is_read_and_masked() {
     assert!(!shown.contains("s3cr3t"), "{shown}");
     assert!(shown.contains("client_secret = \"***\""), "{shown}");
     assert!(!format!("{s:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn admin_token_file_is_one_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("admin");
+    std::fs::write(&f, "  admin-from-file-123  \n").unwrap();
+    let file = format!("[admin]\ntoken_file = {:?}\n", f.display().to_string());
+    let s = parse(&file, &HashMap::new()).unwrap();
+    assert_eq!(s.admin.token.expose(), "admin-from-file-123");
+    let shown = s.to_masked_toml();
+    assert!(!shown.contains("admin-from-file"), "{shown}");
+    let both = env(&[("MOLLIE_GATEWAY__ADMIN__TOKEN", "admin-from-env-456")]);
+    let err = parse(&file, &both).unwrap_err().to_string();
+    assert!(
+        err.contains("set only one of admin.token and admin.token_file"),
+        "{err}"
+    );
+    assert!(!err.contains("admin-from"), "{err}");
+    std::fs::write(&f, "\n").unwrap();
+    let err = parse(&file, &HashMap::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("admin.token_file") && err.contains("is empty"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -128,12 +162,22 @@ fn mounted_key_file(config: &Path) -> HashMap<String, String> {
 #[test]
 fn every_file_in_conf_loads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    // production.toml reads the admin token from a mounted file: point it at one.
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("admin-token");
+    std::fs::write(&token, "admin-token-0123456789\n").unwrap();
+    let env = HashMap::from([(
+        "MOLLIE_GATEWAY__ADMIN__TOKEN_FILE".to_string(),
+        token.display().to_string(),
+    )]);
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            load(Some(&path), &mounted_key_file(&path))
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let mut env = env.clone();
+            env.extend(mounted_key_file(&path));
+            let s = load(Some(&path), &env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(s.0.admin.token.expose(), "admin-token-0123456789");
             n += 1;
         }
     }

@@ -1,5 +1,6 @@
 //! Validation of [`Settings`]: every value checked, every problem reported at once, each
-//! naming its key. One method per section; `oauth.client_secret_file` is resolved here too.
+//! naming its key. One method per section; `oauth.client_secret_file` and `admin.token_file`
+//! are resolved here too.
 //! Must not: read the process environment, or stop at the first problem.
 
 use super::{
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 type Problems = Vec<String>;
 
 impl Settings {
-    /// Checks every value and resolves `oauth.client_secret_file`; reports all problems.
+    /// Checks every value and resolves the secret files; reports all problems.
     pub fn validate(mut self) -> Result<Self, ConfigError> {
         let mut p = Problems::new();
         self.server.validate(&mut p);
@@ -29,6 +30,12 @@ impl Settings {
             &self.merchants.header,
         );
         self.store.validate(&mut p);
+        let admin = &mut self.admin;
+        resolve_secret_file(
+            &mut p,
+            ("admin.token", &mut admin.token),
+            ("admin.token_file", &admin.token_file),
+        );
         if p.is_empty() {
             Ok(self)
         } else {
@@ -43,6 +50,15 @@ impl ServerSettings {
         check_addr(p, "server.admin_listen", &self.admin_listen);
         if self.listen == self.admin_listen && !any_port(&self.listen) {
             p.push("server.admin_listen must differ from server.listen".into());
+        }
+        if !self.oauth_listen.is_empty() {
+            check_addr(p, "server.oauth_listen", &self.oauth_listen);
+            let taken = [&self.listen, &self.admin_listen].contains(&&self.oauth_listen);
+            if taken && !any_port(&self.oauth_listen) {
+                p.push(
+                    "server.oauth_listen must differ from server.listen and admin_listen".into(),
+                );
+            }
         }
         match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
             (true, true) => {}
@@ -101,26 +117,30 @@ impl OAuthSettings {
     }
 
     fn resolve_client_secret(&mut self, p: &mut Problems) {
-        if self.client_secret_file.is_empty() {
-            return;
-        }
-        if !self.client_secret.is_empty() {
-            p.push("set only one of oauth.client_secret and oauth.client_secret_file".into());
-            return;
-        }
-        match std::fs::read_to_string(&self.client_secret_file) {
-            Ok(text) if !text.trim().is_empty() => {
-                self.client_secret = Secret::new(text.trim());
-            }
-            Ok(_) => p.push(format!(
-                "oauth.client_secret_file {} is empty",
-                self.client_secret_file
-            )),
-            Err(e) => p.push(format!(
-                "oauth.client_secret_file {} cannot be read: {e}",
-                self.client_secret_file
-            )),
-        }
+        resolve_secret_file(
+            p,
+            ("oauth.client_secret", &mut self.client_secret),
+            ("oauth.client_secret_file", &self.client_secret_file),
+        );
+    }
+}
+
+/// A secret that may come from a file instead (`(key, value)`, `(file key, path)`): exactly
+/// one source; the file's contents, trimmed, must not be empty. Problems name keys and the
+/// path, never the contents.
+fn resolve_secret_file(p: &mut Problems, secret: (&str, &mut Secret), file: (&str, &str)) {
+    let ((key, value), (file_key, path)) = (secret, file);
+    if path.is_empty() {
+        return;
+    }
+    if !value.is_empty() {
+        p.push(format!("set only one of {key} and {file_key}"));
+        return;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => *value = Secret::new(text.trim()),
+        Ok(_) => p.push(format!("{file_key} {path} is empty")),
+        Err(e) => p.push(format!("{file_key} {path} cannot be read: {e}")),
     }
 }
 

@@ -20,7 +20,7 @@
 //! token call's secrets beyond the call (a call owns its grant and drops it when answered).
 
 use super::error::{OAuthError, Unavailable};
-use super::{Grant, OwnedGrant, TokenEndpoint, TokenSet};
+use super::{Grant, OwnedGrant, Revocation, Revoked, TokenEndpoint, TokenSet};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,10 +33,24 @@ pub const QUEUE_DEPTH: usize = 1024;
 
 /// One token call on its way to the service.
 struct Call {
-    grant: OwnedGrant,
-    answer: oneshot::Sender<Result<TokenSet, OAuthError>>,
+    work: Work,
     /// The caller's span (the refresh and its merchant), so the call logs under it.
     span: tracing::Span,
+}
+
+/// What a call does, and where its answer goes.
+enum Work {
+    Exchange(OwnedGrant, oneshot::Sender<Result<TokenSet, OAuthError>>),
+    Revoke(Revocation, oneshot::Sender<Result<Revoked, OAuthError>>),
+}
+
+impl Work {
+    fn label(&self) -> &'static str {
+        match self {
+            Work::Exchange(grant, _) => grant.as_grant().label(),
+            Work::Revoke(..) => "revocation",
+        }
+    }
 }
 
 /// The token manager's side: a [`TokenEndpoint`] that sends each call to the service.
@@ -48,16 +62,30 @@ pub struct TokenClient {
 #[async_trait::async_trait]
 impl TokenEndpoint for TokenClient {
     async fn exchange(&self, grant: Grant<'_>) -> Result<TokenSet, OAuthError> {
-        let stopped = || OAuthError::Unavailable(Unavailable::ServiceStopped);
         let (answer, answered) = oneshot::channel();
-        let call = Call {
-            grant: grant.to_owned(),
-            answer,
-            span: tracing::Span::current(),
-        };
-        self.calls.send(call).await.map_err(|_| stopped())?;
+        self.send(Work::Exchange(grant.to_owned(), answer)).await?;
         answered.await.unwrap_or_else(|_| Err(stopped()))
     }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<Revoked, OAuthError> {
+        let (answer, answered) = oneshot::channel();
+        self.send(Work::Revoke(revocation.clone(), answer)).await?;
+        answered.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+impl TokenClient {
+    async fn send(&self, work: Work) -> Result<(), OAuthError> {
+        let call = Call {
+            work,
+            span: tracing::Span::current(),
+        };
+        self.calls.send(call).await.map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> OAuthError {
+    OAuthError::Unavailable(Unavailable::ServiceStopped)
 }
 
 /// The service's side: owns the real endpoint and runs every call on its own runtime.
@@ -86,18 +114,19 @@ impl TokenEndpointService {
     fn spawn_call(&self, call: Call) {
         self.received.fetch_add(1, Ordering::Relaxed);
         let endpoint = self.endpoint.clone();
-        let Call {
-            grant,
-            answer,
-            span,
-        } = call;
-        let span =
-            tracing::info_span!(parent: &span, "token_call", grant = grant.as_grant().label());
+        let Call { work, span } = call;
+        let span = tracing::info_span!(parent: &span, "token_call", grant = work.label());
+        // The caller may have given up (its task was cancelled): its answer is dropped.
         tokio::spawn(
             async move {
-                let result = endpoint.exchange(grant.as_grant()).await;
-                // The caller may have given up (its task was cancelled): nothing to do.
-                let _ = answer.send(result);
+                match work {
+                    Work::Exchange(grant, answer) => {
+                        let _ = answer.send(endpoint.exchange(grant.as_grant()).await);
+                    }
+                    Work::Revoke(revocation, answer) => {
+                        let _ = answer.send(endpoint.revoke(&revocation).await);
+                    }
+                }
             }
             .instrument(span),
         );

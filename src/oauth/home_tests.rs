@@ -1,5 +1,5 @@
 //! The token endpoint service on its own runtime, fed by token managers on others: where
-//! calls run, that a shutdown announcement does not stop it, and what callers get once its
+//! calls run (grants and revocations), that a shutdown announcement does not stop it, and what callers get once its
 //! runtime is gone.
 
 use super::*;
@@ -29,6 +29,11 @@ impl TokenEndpoint for Recorder {
             refresh_token: Some(RefreshToken::new("refresh_x")),
             expires_in: Duration::from_secs(3600),
         })
+    }
+    async fn revoke(&self, _revocation: &Revocation) -> Result<Revoked, OAuthError> {
+        let thread = std::thread::current().name().unwrap_or("?").to_string();
+        self.threads.lock().unwrap().push(thread);
+        Ok(Revoked::Confirmed)
     }
 }
 
@@ -105,9 +110,18 @@ fn proxy_and_admin_calls_run_on_the_home_runtime_even_after_shutdown_is_announce
     )
     .unwrap();
 
+    // A removal revokes the cached access token and the refresh token, there too.
+    let t = tm.clone();
+    let removal = on(
+        &admin,
+        async move { t.remove_merchant(&id("m1"), true).await },
+    );
+    let outcome = removal.unwrap().unwrap().outcome;
+    assert_eq!(outcome, crate::tokens::RevocationOutcome::Revoked);
+
     let threads = recorder.threads.lock().unwrap().clone();
-    assert_eq!(threads, ["token-home"; 4]);
-    assert_eq!(service.received.load(Ordering::Relaxed), 4);
+    assert_eq!(threads, ["token-home"; 6]);
+    assert_eq!(service.received.load(Ordering::Relaxed), 6);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The real token endpoint client: pingora's pooled HTTP connector (TLS with SNI for https).
 //!
-//! Owns: one token call on the wire (peer, request head and body, answer within
+//! Owns: one token call on the wire (`POST` for a grant, `DELETE` for a revocation) (peer, request head and body, answer within
 //! [`MAX_TOKEN_RESPONSE_BYTES`], connection back to the pool), bounded by
 //! `oauth.token_timeout_ms`. Must not: be used from more than one runtime (its pooled
 //! connections belong to the runtime that made them: the server calls it only from the
@@ -11,7 +11,8 @@
 
 use super::error::{BadResponse, OAuthError, Phase, Unavailable};
 use super::MAX_TOKEN_RESPONSE_BYTES;
-use super::{encode_body, parse_token_response, Grant, TokenEndpoint, TokenSet};
+use super::{encode_body, parse_revocation_response, parse_token_response};
+use super::{Grant, Revocation, Revoked, TokenEndpoint, TokenSet};
 use crate::config::{Settings, TokenBody};
 use crate::types::Secret;
 use crate::upstream::Endpoint;
@@ -44,10 +45,18 @@ impl TokenEndpoint for HttpTokenEndpoint {
             return Err(OAuthError::NotConfigured);
         }
         let (body, content_type) = encode_body(&grant, self.format);
-        match tokio::time::timeout(self.timeout, self.call(body, content_type)).await {
-            Ok(result) => result,
-            Err(_) => Err(OAuthError::Unavailable(Unavailable::Timeout(self.timeout))),
+        let (status, answer) = self.call_within("POST", body, content_type).await?;
+        parse_token_response(status, &answer)
+    }
+
+    /// Always a form body: the one format Mollie documents for revocations.
+    async fn revoke(&self, revocation: &Revocation) -> Result<Revoked, OAuthError> {
+        if self.basic.is_empty() {
+            return Err(OAuthError::NotConfigured);
         }
+        let form = "application/x-www-form-urlencoded";
+        let (status, answer) = self.call_within("DELETE", revocation.form(), form).await?;
+        parse_revocation_response(status, &answer)
     }
 }
 
@@ -76,10 +85,28 @@ impl HttpTokenEndpoint {
         }
     }
 
+    /// [`call`](Self::call) within `oauth.token_timeout_ms`.
+    async fn call_within(
+        &self,
+        method: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(u16, Vec<u8>), OAuthError> {
+        match tokio::time::timeout(self.timeout, self.call(method, body, content_type)).await {
+            Ok(result) => result,
+            Err(_) => Err(OAuthError::Unavailable(Unavailable::Timeout(self.timeout))),
+        }
+    }
+
     /// One call: build the request, connect (or reuse), send, read the answer, give the
-    /// connection back when the answer was read whole, parse.
-    async fn call(&self, body: Bytes, content_type: &str) -> Result<TokenSet, OAuthError> {
-        let req = self.request_header(content_type, body.len())?;
+    /// connection back when the answer was read whole; returns status and body.
+    async fn call(
+        &self,
+        method: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(u16, Vec<u8>), OAuthError> {
+        let req = self.request_header(method, content_type, body.len())?;
         let peer = self.peer()?;
         let (mut session, _reused) = self
             .connector
@@ -93,7 +120,7 @@ impl HttpTokenEndpoint {
                 .release_http_session(session, &peer, Some(IDLE_TIMEOUT))
                 .await;
         }
-        parse_token_response(status, &answer)
+        Ok((status, answer))
     }
 
     /// The token host's resolved address, its SNI and the call's timeouts.
@@ -110,12 +137,17 @@ impl HttpTokenEndpoint {
         Ok(peer)
     }
 
-    fn request_header(&self, content_type: &str, len: usize) -> Result<RequestHeader, OAuthError> {
+    fn request_header(
+        &self,
+        method: &str,
+        content_type: &str,
+        len: usize,
+    ) -> Result<RequestHeader, OAuthError> {
         let path = match self.endpoint.path.as_str() {
             "" => "/",
             path => path,
         };
-        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(6))
+        let mut req = RequestHeader::build(method, path.as_bytes(), Some(6))
             .map_err(|_| OAuthError::BadResponse(BadResponse::RequestHeader(":path")))?;
         let len = len.to_string();
         let headers = [

@@ -48,6 +48,8 @@ struct Record {
     refresh_token: StoredSecret,
     #[serde(default)]
     revoked: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    removing: bool,
     #[serde(default)]
     updated_at: u64,
 }
@@ -61,6 +63,7 @@ impl Record {
         Ok(Record {
             refresh_token: sealing.seal(id, Field::RefreshToken, m.refresh_token.expose())?,
             revoked: m.revoked,
+            removing: m.removing,
             updated_at: m.updated_at,
         })
     }
@@ -74,6 +77,7 @@ impl Record {
         Ok(StoredMerchant {
             refresh_token: RefreshToken::new(token),
             revoked: self.revoked,
+            removing: self.removing,
             updated_at: self.updated_at,
         })
     }

@@ -24,6 +24,11 @@ pub struct StoredMerchant {
     /// authorization replaces the refresh token.
     #[serde(default)]
     pub revoked: bool,
+    /// Set while the merchant is being removed and Mollie has not confirmed the revocation of
+    /// its refresh token yet: the merchant is no longer served, the token is kept only to
+    /// retry the revocation (`tokens/removal.rs`).
+    #[serde(default)]
+    pub removing: bool,
     /// Unix seconds of the last change.
     #[serde(default)]
     pub updated_at: u64,
@@ -34,6 +39,7 @@ impl StoredMerchant {
         StoredMerchant {
             refresh_token,
             revoked: false,
+            removing: false,
             updated_at: unix_now(),
         }
     }
@@ -74,6 +80,7 @@ pub enum StoreError {
 pub struct MerchantSummary {
     pub id: MerchantId,
     pub revoked: bool,
+    pub removing: bool,
     /// Unix seconds of the last change.
     pub updated_at: u64,
 }
@@ -101,6 +108,20 @@ pub trait CredentialStore: Send + Sync {
         id: &MerchantId,
         refresh_token: &RefreshToken,
     ) -> Result<(), StoreError>;
+    /// Marks a merchant `removing` (kept only to retry its revocation at Mollie); returns the
+    /// record as it is now, `None` when there was none. The default reads and replaces the
+    /// record; a backend with a compare-and-set overrides it.
+    async fn mark_removing(&self, id: &MerchantId) -> Result<Option<StoredMerchant>, StoreError> {
+        let Some(mut m) = self.get(id).await? else {
+            return Ok(None);
+        };
+        if !m.removing {
+            m.removing = true;
+            m.updated_at = unix_now();
+            self.put(id, &m).await?;
+        }
+        Ok(Some(m))
+    }
     /// Removes a merchant; `Ok(false)` when there was none.
     async fn remove(&self, id: &MerchantId) -> Result<bool, StoreError>;
     /// Readiness: the store can be read now (`/readyz` answers 503 with the error otherwise).
@@ -126,6 +147,7 @@ pub trait CredentialStore: Send + Sync {
             .map(|(id, m)| MerchantSummary {
                 id,
                 revoked: m.revoked,
+                removing: m.removing,
                 updated_at: m.updated_at,
             })
             .collect();

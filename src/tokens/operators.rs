@@ -12,7 +12,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MerchantStatus {
     pub id: MerchantId,
-    /// `active`, `revoked`, `refreshing` or `backoff`.
+    /// `active`, `revoked`, `refreshing` or `backoff`; `removing` (store only) while the
+    /// revocation at Mollie of a removed merchant is retried.
     pub state: &'static str,
     /// Unix seconds when the cached access token expires, if there is one.
     pub access_token_expires_at: Option<u64>,

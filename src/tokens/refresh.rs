@@ -87,8 +87,8 @@ impl TokenManager {
         id: u64,
     ) -> Result<RefreshToken, TokenError> {
         match self.inner.store.get(merchant).await {
-            Ok(None) => {
-                tracing::info!("merchant no longer in the store; dropping it");
+            Ok(None) | Ok(Some(crate::store::StoredMerchant { removing: true, .. })) => {
+                tracing::info!("merchant removed from the store; dropping it");
                 self.inner.slots.remove(merchant);
                 let merchants = self.inner.slots.len() as i64;
                 self.inner.metrics.merchants.set(merchants);

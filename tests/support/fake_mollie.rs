@@ -61,6 +61,14 @@ pub struct TokenRequest {
     pub params: HashMap<String, String>,
 }
 
+/// One `DELETE /oauth2/tokens` (revocation) as received.
+#[derive(Debug, Clone)]
+pub struct RevocationRequest {
+    pub basic_auth_ok: bool,
+    pub content_type: String,
+    pub params: HashMap<String, String>,
+}
+
 /// One `/v2` request as received.
 #[derive(Debug, Clone)]
 pub struct ApiRequest {
@@ -148,6 +156,9 @@ struct FakeState {
     content_type: String,
     token_requests: Vec<TokenRequest>,
     api_requests: Vec<ApiRequest>,
+    revocations: Vec<RevocationRequest>,
+    /// Revocations answer 503 (recorded all the same).
+    fail_revocations: bool,
     /// Every secret issued is appended here (see [`secrets_dir`]); empty = not recorded.
     secrets_file: PathBuf,
 }
@@ -167,6 +178,8 @@ impl FakeState {
             content_type: "text/html; charset=utf-8".to_string(),
             token_requests: Vec::new(),
             api_requests: Vec::new(),
+            revocations: Vec::new(),
+            fail_revocations: false,
             secrets_file: PathBuf::new(),
         }
     }
@@ -515,6 +528,58 @@ async fn token_handler(
     }
 }
 
+/// `DELETE /oauth2/tokens`: Basic auth, a form with `token_type_hint` and `token`. A known
+/// refresh token is revoked with its merchant's access tokens; an access token alone is
+/// invalidated; an unknown token is answered 204 too (RFC 7009).
+async fn revoke_handler(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let params = parse_form(&body).unwrap_or_default();
+    let auth_ok = basic_auth_ok(&headers);
+    let mut st = inner.lock();
+    st.revocations.push(RevocationRequest {
+        basic_auth_ok: auth_ok,
+        content_type,
+        params: params.clone(),
+    });
+    if st.fail_revocations {
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/html; charset=utf-8",
+            "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+        );
+    }
+    if !auth_ok {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", None);
+    }
+    let (Some(hint), Some(token)) = (params.get("token_type_hint"), params.get("token")) else {
+        return invalid_request();
+    };
+    match hint.as_str() {
+        "refresh_token" => {
+            if let Some(merchant) = st.refresh_valid_for(token) {
+                if let Some(m) = st.merchants.get_mut(&merchant) {
+                    m.refresh_token = None;
+                }
+                st.invalidate_access(&merchant);
+            }
+        }
+        "access_token" => {
+            if let Some(t) = st.access.get_mut(token) {
+                t.invalidated = true;
+            }
+        }
+        _ => return invalid_request(),
+    }
+    respond(StatusCode::NO_CONTENT, "text/plain", "")
+}
+
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     parse_form(query?.as_bytes())?.remove(name)
 }
@@ -673,7 +738,7 @@ impl FakeMollie {
             resources: Default::default(),
         });
         let app = Router::new()
-            .route("/oauth2/tokens", post(token_handler))
+            .route("/oauth2/tokens", post(token_handler).delete(revoke_handler))
             .fallback(api_handler)
             .with_state(inner.clone());
         tokio::spawn(async move {
@@ -802,6 +867,16 @@ impl FakeMollie {
     /// All `/v2` requests, authorized or not.
     pub fn api_calls_total(&self) -> usize {
         self.inner.api_calls_total.load(Ordering::SeqCst)
+    }
+
+    /// Every `DELETE /oauth2/tokens` received.
+    pub fn revocations(&self) -> Vec<RevocationRequest> {
+        self.inner.lock().revocations.clone()
+    }
+
+    /// When true, revocations answer 503 (and revoke nothing).
+    pub fn set_fail_revocations(&self, fail: bool) {
+        self.inner.lock().fail_revocations = fail;
     }
 
     pub fn token_requests(&self) -> Vec<TokenRequest> {

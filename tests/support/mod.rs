@@ -50,6 +50,8 @@ pub struct Gateway {
     /// The proxy and admin addresses: as configured until [`Gateway::spawn`], then as bound.
     pub listen: String,
     pub admin: String,
+    /// The OAuth listener's bound address (`server.oauth_listen`), empty without one.
+    pub oauth: String,
     env: Vec<(String, String)>,
     /// Where the gateway writes the addresses it bound.
     bound_file: PathBuf,
@@ -166,6 +168,7 @@ impl GatewayBuilder {
             log,
             listen,
             admin,
+            oauth: String::new(),
             env,
             bound_file,
             handed,
@@ -300,6 +303,7 @@ impl Gateway {
             match key {
                 "server.listen" => self.listen = addr,
                 "server.admin_listen" => self.admin = addr,
+                "server.oauth_listen" => self.oauth = addr,
                 _ => {}
             }
         }
