@@ -209,6 +209,7 @@ pub fn build_server(
         admin_socket.fd_key(),
         proxy_socket.bound_addr(),
         admin_pages,
+        live.clone(),
     )?;
     server.add_service(proxy_socket.serve(proxy));
     server.add_service(admin_socket.serve(admin));
@@ -332,6 +333,7 @@ fn admin_service(
     listen: &str,
     proxy_addr: BoundAddr,
     onboarding: Option<Onboarding>,
+    live: Arc<Live>,
 ) -> Result<Service<AdminService>, StartError> {
     let s = &parts.settings;
     let admin = Admin {
@@ -344,6 +346,7 @@ fn admin_service(
         ],
         api: AdminApi::new(s, parts.tokens.clone(), parts.store.clone()),
         onboarding,
+        live,
     };
     let mut admin = Service::new("mollie-gateway admin".to_string(), admin.into_service());
     admin.add_tcp(listen);

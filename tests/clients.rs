@@ -317,8 +317,37 @@ async fn require_client_keys_refuses_to_start_an_open_gateway() {
     );
     let out = gw.cli(&["check-config"]);
     assert!(out.status.success());
+    // An open gateway is ready, and says it is open.
+    let mut open = GatewayBuilder::new(&fake).prepare();
+    open.spawn();
+    let ready: serde_json::Value = client()
+        .get(format!("{}/readyz", open.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert!(ready["warning"].as_str().unwrap().contains("no [clients]"));
     let note = String::from_utf8_lossy(&out.stderr);
     assert!(note.contains("no [clients.<name>] is configured"), "{note}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_has_no_open_warning_with_clients() {
+    let fake = FakeMollie::start().await;
+    let (gw, _keys) = gateway_with_clients(&fake).await;
+    let ready: serde_json::Value = client()
+        .get(format!("{}/readyz", gw.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert!(ready.get("warning").is_none(), "{ready}");
 }
 
 #[test]

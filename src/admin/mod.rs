@@ -45,6 +45,7 @@ pub use serve::AdminService;
 
 use crate::listen::BoundAddr;
 use crate::metrics::Metrics;
+use crate::proxy::Live;
 use crate::store::CredentialStore;
 use crate::upstream::Endpoint;
 use axum::extract::State;
@@ -73,6 +74,8 @@ pub struct Admin {
     /// `/oauth/connect` and `/oauth/callback`; `None` when they have their own listener
     /// (`server.oauth_listen`, [`oauth_router`]).
     pub onboarding: Option<Onboarding>,
+    /// The running clients (reloaded on SIGHUP): `/readyz` says when none is configured.
+    pub live: Arc<Live>,
 }
 
 /// What `/metrics`, `/healthz` and `/readyz` read.
@@ -81,6 +84,7 @@ struct Health {
     store: Arc<dyn CredentialStore>,
     proxy_addr: BoundAddr,
     endpoints: Vec<(&'static str, Arc<Endpoint>)>,
+    live: Arc<Live>,
 }
 
 impl Admin {
@@ -91,6 +95,7 @@ impl Admin {
             store: self.store,
             proxy_addr: self.proxy_addr,
             endpoints: self.endpoints,
+            live: self.live,
         });
         let only_get = || AdminError::allow("GET");
         let mut router = Router::new()
@@ -143,13 +148,18 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> Response {
-    match h.readiness().await {
-        Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
-        Err(reason) => json(
+    let (status, mut body) = match h.readiness().await {
+        Ok(()) => (StatusCode::OK, serde_json::json!({"status": "ready"})),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"status": "not ready", "reason": reason}),
         ),
+    };
+    if h.live.clients.load().is_open() {
+        // Ready all the same (the embedded default serves at once), but said.
+        body["warning"] = "no [clients] configured: any caller may act for every merchant".into();
     }
+    json(status, body)
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response {
@@ -196,6 +206,7 @@ mod tests {
             store: Arc::new(store),
             proxy_addr: BoundAddr::known(proxy.local_addr().unwrap()),
             endpoints: vec![("upstream.token_url", literal)],
+            live: Arc::new(Live::from_settings(&Default::default(), &Metrics::default()).unwrap()),
         };
         assert_eq!(health.readiness().await, Ok(()));
 
