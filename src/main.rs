@@ -269,10 +269,7 @@ fn rekey(settings: Settings) -> Result<(), StartError> {
     let key_file = settings.store.encryption_key_file.clone();
     let conf = app::server_conf(&settings);
     let parts = Parts::new(settings, &conf)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartError(format!("cannot start a runtime: {e}")))?;
+    let rt = cli_runtime()?;
     let count = rt
         .block_on(parts.store.rekey())
         .map_err(|e| StartError(e.to_string()))?;
@@ -287,12 +284,7 @@ fn rekey(settings: Settings) -> Result<(), StartError> {
 fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<ExitCode, StartError> {
     let conf = app::server_conf(&settings);
     let parts = Parts::new(settings, &conf)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartError(format!("cannot start a runtime: {e}")))?;
-    let parse_id =
-        |id: &str| MerchantId::parse(id).map_err(|e| StartError(format!("merchant id {id:?} {e}")));
+    let rt = cli_runtime()?;
     let result = rt.block_on(async {
         match cmd {
             MerchantsCommand::Add {
@@ -302,46 +294,14 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<ExitCode, Star
                 redirect_uri,
             } => {
                 let id = parse_id(&id)?;
-                if let Some(token) = refresh_token {
-                    let token = RefreshToken::new(secret_arg(token, "refresh token")?);
-                    parts
-                        .tokens
-                        .add_refresh_token(&id, token)
-                        .await
-                        .map_err(|e| StartError(e.to_string()))?;
-                    println!("stored merchant {id} (refresh token not verified yet)");
-                } else if let Some(code) = code {
-                    let code = Secret::new(secret_arg(code, "authorization code")?);
-                    parts.prepare().await?;
-                    let redirect = redirect_uri.or_else(|| {
-                        Some(parts.settings.oauth.redirect_uri.clone()).filter(|u| !u.is_empty())
-                    });
-                    parts
-                        .tokens
-                        .add_authorization_code(&id, &code, redirect.as_deref())
-                        .await
-                        .map_err(|e| StartError(format!("cannot onboard {id}: {e}")))?;
-                    println!("stored merchant {id} (authorization code exchanged)");
+                match (refresh_token, code) {
+                    (Some(token), _) => add_refresh_token(&parts, &id, token).await?,
+                    (None, Some(code)) => add_code(&parts, &id, code, redirect_uri).await?,
+                    (None, None) => {} // clap requires one of them
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            MerchantsCommand::List => {
-                let all = parts
-                    .store
-                    .load_all()
-                    .await
-                    .map_err(|e| StartError(e.to_string()))?;
-                println!("{:<40} {:<8} updated_at", "merchant", "state");
-                for (id, m) in all {
-                    let state = match (m.removing, m.revoked) {
-                        (true, _) => "removing",
-                        (false, true) => "revoked",
-                        (false, false) => "active",
-                    };
-                    println!("{:<40} {:<8} {}", id.as_str(), state, m.updated_at);
-                }
-                Ok(ExitCode::SUCCESS)
-            }
+            MerchantsCommand::List => list_merchants(&parts).await,
             MerchantsCommand::Remove {
                 id,
                 keep_authorization,
@@ -351,6 +311,73 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<ExitCode, Star
     // The token client's pooled connections belong to `rt`: dropped while it still exists.
     drop(parts);
     result
+}
+
+/// The one runtime of a CLI command.
+fn cli_runtime() -> Result<tokio::runtime::Runtime, StartError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("cannot start a runtime: {e}")))
+}
+
+fn parse_id(id: &str) -> Result<MerchantId, StartError> {
+    MerchantId::parse(id).map_err(|e| StartError(format!("merchant id {id:?} {e}")))
+}
+
+/// `merchants add ID --refresh-token T`: stored as it is (verified at its first refresh).
+async fn add_refresh_token(
+    parts: &Parts,
+    id: &MerchantId,
+    token: String,
+) -> Result<(), StartError> {
+    let token = RefreshToken::new(secret_arg(token, "refresh token")?);
+    parts
+        .tokens
+        .add_refresh_token(id, token)
+        .await
+        .map_err(|e| StartError(e.to_string()))?;
+    println!("stored merchant {id} (refresh token not verified yet)");
+    Ok(())
+}
+
+/// `merchants add ID --code C`: the code exchanged now, the result stored.
+async fn add_code(
+    parts: &Parts,
+    id: &MerchantId,
+    code: String,
+    redirect_uri: Option<String>,
+) -> Result<(), StartError> {
+    let code = Secret::new(secret_arg(code, "authorization code")?);
+    parts.prepare().await?;
+    let configured = Some(parts.settings.oauth.redirect_uri.clone()).filter(|u| !u.is_empty());
+    let redirect = redirect_uri.or(configured);
+    parts
+        .tokens
+        .add_authorization_code(id, &code, redirect.as_deref())
+        .await
+        .map_err(|e| StartError(format!("cannot onboard {id}: {e}")))?;
+    println!("stored merchant {id} (authorization code exchanged)");
+    Ok(())
+}
+
+/// `merchants list`: ids, state and last change; never a secret.
+async fn list_merchants(parts: &Parts) -> Result<ExitCode, StartError> {
+    let all = parts
+        .store
+        .load_all()
+        .await
+        .map_err(|e| StartError(e.to_string()))?;
+    println!("{:<40} {:<8} updated_at", "merchant", "state");
+    for (id, m) in all {
+        let state = match (m.removing, m.revoked) {
+            (true, _) => "removing",
+            (false, true) => "revoked",
+            (false, false) => "active",
+        };
+        println!("{:<40} {:<8} {}", id.as_str(), state, m.updated_at);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `merchants remove`: revoke (unless kept), forget; [`NOT_REVOKED`] when Mollie did not
