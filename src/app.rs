@@ -6,13 +6,14 @@
 //! Must not: parse the command line (main.rs) or serve anything itself.
 
 use crate::admin::{Admin, AdminApi, AdminService, Onboarding};
-use crate::config::Settings;
+use crate::config::{Settings, StoreBackend, StoreSettings};
 use crate::listen::{BoundAddr, Listening, Socket};
 use crate::metrics::Metrics;
 use crate::oauth::{HttpTokenEndpoint, TokenEndpoint, TokenEndpointService};
 use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::reload::{ConfigSource, ReloadService};
 use crate::store::file::FileStore;
+use crate::store::redis::RedisStore;
 use crate::store::CredentialStore;
 use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
@@ -87,10 +88,7 @@ impl Parts {
             .map_err(|e| StartError(format!("upstream.base_url: {e}")))?;
         let token_endpoint = Endpoint::parse(&settings.upstream.token_url)
             .map_err(|e| StartError(format!("upstream.token_url: {e}")))?;
-        let store: Arc<dyn CredentialStore> = Arc::new(
-            FileStore::open(&settings.store.path)
-                .map_err(|e| StartError(format!("store.path: {e}")))?,
-        );
+        let store = open_store(&settings.store)?;
         let metrics = Arc::new(Metrics::default());
         let connector = Connector::new(Some(
             pingora::connectors::ConnectorOptions::from_server_conf(conf),
@@ -130,11 +128,30 @@ impl Parts {
                 }
             }
         }
-        self.tokens
-            .load()
-            .await
-            .map_err(|e| StartError(format!("store.path: {e}")))
+        match (self.tokens.load().await, self.settings.store.backend) {
+            (Ok(n), _) => Ok(n),
+            (Err(e), StoreBackend::File) => Err(StartError(format!("store.path: {e}"))),
+            // Redis may come later: merchants are then read from it on first use.
+            (Err(e), StoreBackend::Redis) => {
+                tracing::error!(error = %e, "cannot load merchants from Redis at start-up; starting without them (/readyz says why)");
+                Ok(0)
+            }
+        }
     }
+}
+
+/// The backend `store.backend` names. Opening Redis does not connect: an unreachable Redis
+/// does not stop the start (readiness reports it).
+pub fn open_store(s: &StoreSettings) -> Result<Arc<dyn CredentialStore>, StartError> {
+    Ok(match s.backend {
+        StoreBackend::File => {
+            Arc::new(FileStore::open(&s.path).map_err(|e| StartError(format!("store.path: {e}")))?)
+        }
+        StoreBackend::Redis => Arc::new(
+            RedisStore::open(&s.redis_url, &s.key_prefix, &s.fallback_path)
+                .map_err(|e| StartError(format!("store: {e}")))?,
+        ),
+    })
 }
 
 /// Builds the whole server: proxy and admin services plus background services. The caller
@@ -182,6 +199,7 @@ pub fn build_server(
         listen = %s.server.listen,
         upstream = %s.upstream.base_url,
         store = %s.store.path.display(),
+        backend = ?s.store.backend,
         merchants,
         "mollie-gateway starting"
     );

@@ -4,14 +4,17 @@
 //! merchant must authorize again), whether it was revoked, and when it last changed. Access
 //! tokens are not stored: they live an hour and are re-fetched on demand.
 //! Must not: hold a lock across `.await` in callers' paths, or ever write a partial record.
-//! Backends: [`file::FileStore`] (embedded default). Everything outside `store/` (token
+//! Backends: [`file::FileStore`] (embedded default), [`redis::RedisStore`] (several replicas:
+//! shared records, the shared access token, a cross-replica refresh lock). Everything outside `store/` (token
 //! manager, admin API, readiness) holds an `Arc<dyn CredentialStore>`, so a backend plugs in
 //! here without touching them.
 
 pub mod file;
+pub mod redis;
 
-use crate::types::{MerchantId, RefreshToken};
+use crate::types::{AccessToken, MerchantId, RefreshToken};
 use serde::Deserialize;
+use std::time::Duration;
 
 /// One merchant's durable credentials. Not `Serialize`: a backend writes the refresh token
 /// through `expose()` itself (`file::Record`), so no other serialization can carry it.
@@ -56,6 +59,62 @@ pub enum StoreError {
     },
     #[error("credential store {path} is not valid ({reason}); fix or move it: it is never overwritten while unreadable")]
     Corrupt { path: String, reason: String },
+    /// Redis unreachable, slow or answering an error. Never carries the URL (it may hold a
+    /// password).
+    #[error("credential store (redis): {0}")]
+    Redis(String),
+    /// A compare-and-set kept losing to other writers; what it wanted to write was kept in
+    /// the fallback file (`store.fallback_path`).
+    #[error("credential store (redis): merchant {id} kept changing under this write; the change was kept in {kept_in}")]
+    Conflict { id: MerchantId, kept_in: String },
+}
+
+/// An access token shared between replicas: the one another replica fetched serves all.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedToken {
+    pub access_token: AccessToken,
+    /// Wall-clock expiry, unix milliseconds.
+    pub expires_at_ms: u64,
+    /// The lifetime it was issued with (its refresh window is computed from it).
+    pub lifetime_ms: u64,
+}
+
+impl std::fmt::Debug for SharedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedToken")
+            .field("access_token", &"***")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+/// A held per-merchant refresh lock. Dropping it releases the lock (for Redis: a task stops
+/// renewing it and deletes it through an owner-checked script).
+pub struct StoreLock {
+    /// Dropped with the lock: tells the renewing task (if any) to release and stop.
+    _release: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl StoreLock {
+    /// A lock that only this process needed (the file store: local single flight suffices).
+    pub fn local() -> StoreLock {
+        StoreLock { _release: None }
+    }
+
+    /// A lock released when `release` is dropped.
+    pub fn released_by(release: tokio::sync::oneshot::Sender<()>) -> StoreLock {
+        StoreLock {
+            _release: Some(release),
+        }
+    }
+}
+
+/// Unix milliseconds now (0 before 1970).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What may be shown of a stored merchant (admin listing): never its refresh token.
@@ -96,6 +155,28 @@ pub trait CredentialStore: Send + Sync {
     /// The default reads everything; a backend with a cheaper probe (a `PING`) overrides it.
     async fn check(&self) -> Result<(), StoreError> {
         self.load_all().await.map(drop)
+    }
+    /// Takes the merchant's refresh lock for `ttl` (renewed while held): `Ok(None)` when
+    /// another process holds it. The default (one process) always succeeds: the token
+    /// manager's local single flight is the only lock needed.
+    async fn lock(
+        &self,
+        _id: &MerchantId,
+        _ttl: Duration,
+    ) -> Result<Option<StoreLock>, StoreError> {
+        Ok(Some(StoreLock::local()))
+    }
+    /// The access token another process stored for the merchant, if any. Default: none.
+    async fn shared_token(&self, _id: &MerchantId) -> Result<Option<SharedToken>, StoreError> {
+        Ok(None)
+    }
+    /// Shares a new access token with the other processes. Default: nothing to share with.
+    async fn save_access_token(
+        &self,
+        _id: &MerchantId,
+        _token: &SharedToken,
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
     /// Every stored merchant without its secrets, sorted by id. The default reads
     /// [`load_all`](Self::load_all); a backend that can list without reading secrets
