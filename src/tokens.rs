@@ -46,6 +46,7 @@ mod operators;
 mod policy;
 mod refresh;
 mod refresher;
+mod shared;
 pub use error::{BadAnswer, Misconfigured, StoreFailure, TokenError, Unavailable};
 pub use operators::MerchantStatus;
 pub use policy::{token_times, Backoff, TokenPolicy, TokenTimes, MAX_STALE_MARGIN};
@@ -94,6 +95,9 @@ struct Slot {
     last_error: Option<Box<TokenError>>,
     inflight: Option<Box<Inflight>>,
     last_refresh: Option<(SystemTime, &'static str)>,
+    /// Unix ms expiry of the newest token this slot held: a token shared by another replica
+    /// is used only if newer (the one held may have been rejected with a 401).
+    seen_expiry_ms: u64,
 }
 
 impl Slot {
@@ -107,6 +111,7 @@ impl Slot {
             last_error: None,
             inflight: None,
             last_refresh: None,
+            seen_expiry_ms: 0,
         }
     }
 

@@ -1,0 +1,160 @@
+//! Several gateway processes on one Redis (`store.backend = "redis"`) in front of one fake
+//! Mollie: one token call per merchant across replicas, a token fetched by one serves the
+//! others, a lock holder killed mid-refresh, and a start without Redis.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::fake_mollie::FakeMollie;
+use support::redis::Redis;
+use support::{client, Gateway, GatewayBuilder};
+
+fn replica(fake: &FakeMollie, url: &str, env: &[(&str, &str)]) -> Gateway {
+    let mut b = GatewayBuilder::new(fake)
+        .env("STORE__BACKEND", "redis")
+        .env("STORE__REDIS_URL", url)
+        .env("STORE__KEY_PREFIX", "gw:");
+    for (k, v) in env {
+        b = b.env(k, *v);
+    }
+    b.prepare()
+}
+
+async fn status_of(gw: &Gateway) -> u16 {
+    let sent = client()
+        .get(format!("{}/v2/echo/payments", gw.base_url()))
+        .header("X-Merchant-Id", "m1")
+        .send()
+        .await;
+    sent.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+/// Two replicas on one Redis, m1 onboarded through the first one's CLI.
+fn two_replicas(fake: &FakeMollie, redis: &Redis, env: &[(&str, &str)]) -> (Gateway, Gateway) {
+    let mut a = replica(fake, &redis.url(), env);
+    let mut b = replica(fake, &redis.url(), env);
+    a.onboard(fake, "m1");
+    a.spawn();
+    b.spawn();
+    (a, b)
+}
+
+#[tokio::test]
+async fn concurrent_requests_over_two_replicas_cause_one_token_call() {
+    let redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    fake.set_token_delay(Duration::from_millis(300));
+    let (a, b) = two_replicas(&fake, &redis, &[]);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let url = if i % 2 == 0 {
+            a.base_url()
+        } else {
+            b.base_url()
+        };
+        set.spawn(async move {
+            let sent = client()
+                .get(format!("{url}/v2/echo/payments"))
+                .header("X-Merchant-Id", "m1")
+                .send()
+                .await;
+            sent.map(|r| r.status().as_u16()).unwrap_or(0)
+        });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(
+        fake.token_calls_for("m1"),
+        1,
+        "one token call across replicas"
+    );
+}
+
+#[tokio::test]
+async fn a_token_fetched_by_one_replica_serves_the_other() {
+    let redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    let (a, b) = two_replicas(&fake, &redis, &[]);
+    assert_eq!(status_of(&a).await, 200);
+    assert_eq!(fake.token_calls_for("m1"), 1);
+    assert_eq!(status_of(&b).await, 200);
+    assert_eq!(fake.token_calls_for("m1"), 1, "replica B used A's token");
+    let keys = redis.command("KEYS *");
+    let token = fake.current_access_token("m1").unwrap();
+    assert!(!keys.contains(&token), "no secret in a key name: {keys}");
+}
+
+#[tokio::test]
+async fn a_lock_holder_killed_mid_refresh_blocks_no_longer_than_the_lock_ttl() {
+    let redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    // Lock TTL = token timeout + 1 s = 3 s; the token call hangs longer than that.
+    let env = [("OAUTH__TOKEN_TIMEOUT_MS", "2000")];
+    let (mut a, b) = two_replicas(&fake, &redis, &env);
+    fake.set_token_delay(Duration::from_secs(10));
+    let url = a.base_url();
+    let stuck = tokio::spawn(async move {
+        let _ = client()
+            .get(format!("{url}/v2/echo/payments"))
+            .header("X-Merchant-Id", "m1")
+            .send()
+            .await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fake.token_calls_for("m1") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "replica A never called the token endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill9();
+    stuck.abort();
+    fake.set_token_delay(Duration::ZERO);
+    let killed = Instant::now();
+    // B answers a clean 503 while the dead holder's lock lives, then 200; never hangs.
+    loop {
+        let started = Instant::now();
+        let status = status_of(&b).await;
+        assert!(started.elapsed() < Duration::from_secs(6), "a request hung");
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "B never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        killed.elapsed() >= Duration::from_millis(500),
+        "the lock was held"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_starts_without_redis_and_readyz_says_why() {
+    let fake = FakeMollie::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redis+unix://{}", dir.path().join("none.sock").display());
+    let mut gw = replica(&fake, &url, &[]);
+    gw.spawn_unready();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let resp = reqwest::get(format!("{}/readyz", gw.admin_url())).await;
+        if let Ok(resp) = resp {
+            assert_eq!(resp.status(), 503);
+            break resp.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no /readyz answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body.contains("redis"), "{body}");
+    assert!(!body.contains("none.sock"), "the URL is not shown: {body}");
+    let health = reqwest::get(format!("{}/healthz", gw.admin_url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
