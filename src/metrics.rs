@@ -31,8 +31,10 @@ pub const REFRESH_OUTCOMES: [&str; 5] = [
     "misconfigured",
 ];
 /// The `op` and `outcome` values of `store_operations_total`.
-pub const STORE_OPS: [&str; 3] = ["load", "save", "remove"];
-pub const STORE_OUTCOMES: [&str; 2] = ["ok", "error"];
+/// `lock`: the store's refresh lock (Redis); `fallback`: a rotated refresh token the store
+/// would not take, kept in `store.fallback_path` instead.
+pub const STORE_OPS: [&str; 4] = ["load", "save", "remove", "lock"];
+pub const STORE_OUTCOMES: [&str; 3] = ["ok", "error", "fallback"];
 /// The `reason` values of `connections_refused_total`.
 pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "header_timeout"];
 

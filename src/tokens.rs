@@ -185,10 +185,14 @@ impl TokenManager {
     }
 
     fn count_store(&self, op: &str, ok: bool) {
+        self.count_store_outcome(op, if ok { "ok" } else { "error" });
+    }
+
+    fn count_store_outcome(&self, op: &str, outcome: &str) {
         self.inner
             .metrics
             .store_operations
-            .with_label_values(&[op, if ok { "ok" } else { "error" }])
+            .with_label_values(&[op, outcome])
             .inc();
     }
 

@@ -11,6 +11,7 @@
 use super::shared::{unix_ms, Turn};
 use super::{CachedToken, Inflight, RefreshResult, Slot, TokenError, TokenManager, Unavailable};
 use crate::oauth::{Grant, OAuthError, TokenSet};
+use crate::store::StoreError;
 use crate::tokens::{token_times, BadAnswer};
 use crate::types::{AccessToken, MerchantId, RefreshToken};
 use dashmap::mapref::one::RefMut;
@@ -167,7 +168,10 @@ impl TokenManager {
         rotated: RefreshToken,
     ) -> Result<(), TokenError> {
         let saved = self.inner.store.rotate(merchant, &rotated).await;
-        self.count_store("save", saved.is_ok());
+        match &saved {
+            Err(StoreError::Conflict { .. }) => self.count_store_outcome("save", "fallback"),
+            other => self.count_store("save", other.is_ok()),
+        }
         if let Ok(false) = saved {
             tracing::info!("merchant was removed during its refresh; dropping it");
             self.inner.slots.remove(merchant);
