@@ -193,3 +193,40 @@ async fn an_unreachable_redis_is_an_error_in_time_not_a_hang() {
     assert!(kept.contains("rot"));
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[tokio::test]
+async fn a_rotation_kept_in_the_fallback_file_is_pushed_back_when_redis_returns() {
+    let mut redis = Redis::start();
+    let store = open(&redis, "t:");
+    let m1 = id("m1");
+    store
+        .put(&m1, &StoredMerchant::new(RefreshToken::new("r1")))
+        .await
+        .unwrap();
+    redis.kill();
+    let err = store
+        .rotate(&m1, &RefreshToken::new("r2"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fallback.json"), "{err}");
+    // Back, but empty (no persistence): the live refresh token is not lost.
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = store.get(&m1).await.ok().flatten();
+        if found.is_some_and(|m| m.refresh_token.expose() == "r2") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never pushed back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fallback = redis.dir.path().join("fallback.json");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&fallback).unwrap().contains("r2") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fallback entry never cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -17,8 +17,8 @@
 //!
 //! Every call runs on the store's own one-thread runtime (its "home"): the connection's
 //! driver task lives there, so callers on pingora's several runtimes share one connection
-//! that outlives none of them. Not done yet: TLS (`rediss://`), pub/sub, pushing the fallback
-//! file back into Redis.
+//! that outlives none of them. A background task on the same runtime pushes the fallback file
+//! back into Redis. Not done yet: TLS (`rediss://`), pub/sub.
 
 use super::file::FileStore;
 use super::{CredentialStore, SharedToken, StoreError, StoreLock, StoredMerchant};
@@ -30,7 +30,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use tokio::sync::{oneshot, OnceCell};
+use tokio::sync::{oneshot, Notify, OnceCell};
 use tracing::Instrument;
 
 /// The most one store operation may take, connecting included.
@@ -177,6 +177,11 @@ struct Shared {
     /// Made on first use (start-up does not need Redis up), then reconnects by itself.
     conn: OnceCell<ConnectionManager>,
     prefix: String,
+    /// Where a rotated refresh token goes when Redis would not take it
+    /// (`store.fallback_path`); pushed back by [`push_back_loop`].
+    fallback: Arc<FileStore>,
+    /// Signalled when the fallback file gained an entry.
+    fallback_written: Notify,
 }
 
 impl Shared {
@@ -345,8 +350,6 @@ impl Home {
 pub struct RedisStore {
     shared: Arc<Shared>,
     home: Home,
-    /// Where a rotated refresh token goes when Redis would not take it (`store.fallback_path`).
-    fallback: Arc<FileStore>,
 }
 
 impl RedisStore {
@@ -354,15 +357,18 @@ impl RedisStore {
     pub fn open(url: &str, prefix: &str, fallback: &Path) -> Result<Arc<RedisStore>, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Redis(format!("store.redis_url does not parse: {e}")))?;
-        Ok(Arc::new(RedisStore {
-            shared: Arc::new(Shared {
-                client,
-                conn: OnceCell::new(),
-                prefix: prefix.to_string(),
-            }),
-            home: Home::start()?,
+        let shared = Arc::new(Shared {
+            client,
+            conn: OnceCell::new(),
+            prefix: prefix.to_string(),
             fallback: FileStore::open(fallback)?,
-        }))
+            fallback_written: Notify::new(),
+        });
+        let home = Home::start()?;
+        let span = tracing::info_span!("fallback push-back");
+        home.handle
+            .spawn(push_back_loop(shared.clone()).instrument(span));
+        Ok(Arc::new(RedisStore { shared, home }))
     }
 
     /// Runs `work` on the home runtime, bounded by [`OP_TIMEOUT`].
@@ -395,13 +401,12 @@ impl RedisStore {
         token: &RefreshToken,
         cause: StoreError,
     ) -> StoreError {
-        let kept = self
-            .fallback
-            .put(id, &StoredMerchant::new(token.clone()))
-            .await;
-        let kept_in = self.fallback.path().display().to_string();
+        let fallback = &self.shared.fallback;
+        let kept = fallback.put(id, &StoredMerchant::new(token.clone())).await;
+        let kept_in = fallback.path().display().to_string();
         match kept {
             Ok(()) => {
+                self.shared.fallback_written.notify_one();
                 tracing::error!(merchant = %id, error = %cause, fallback = %kept_in, "rotated refresh token not stored in Redis; kept in the fallback file");
                 StoreError::Conflict {
                     id: id.clone(),
@@ -414,6 +419,78 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// How often a non-empty fallback file is offered to Redis again.
+pub const FALLBACK_RETRY: Duration = Duration::from_secs(2);
+
+/// Pushes the fallback file's entries into Redis whenever it has some (at start, after each
+/// write to it, then every [`FALLBACK_RETRY`] until it is empty). Runs as long as the store.
+async fn push_back_loop(shared: Arc<Shared>) {
+    loop {
+        let left = match shared.fallback.load_all().await {
+            Ok(all) if all.is_empty() => 0,
+            Ok(all) => {
+                let n = all.len();
+                let bounded = tokio::time::timeout(OP_TIMEOUT * n as u32, push_back(&shared, all));
+                bounded.await.unwrap_or(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the fallback file");
+                1
+            }
+        };
+        if left == 0 {
+            shared.fallback_written.notified().await;
+        } else {
+            tokio::time::sleep(FALLBACK_RETRY).await;
+        }
+    }
+}
+
+/// Writes each entry into Redis unless Redis holds a newer change of that merchant (then it is
+/// a conflict, logged, and Redis wins); an entry is removed from the file once settled.
+/// Returns how many are left.
+async fn push_back(shared: &Shared, all: Vec<(MerchantId, StoredMerchant)>) -> usize {
+    let mut left = 0;
+    for (id, kept) in all {
+        let settled = shared
+            .modify(&id, |current| match current {
+                Some(r) if r.merchant.updated_at > kept.updated_at => Change::Keep(false),
+                Some(mut r) => {
+                    r.merchant = kept.clone();
+                    Change::Set(r, true)
+                }
+                // Redis lost it (or it was removed meanwhile): a live refresh token is not
+                // dropped.
+                None => Change::Set(
+                    Record {
+                        merchant: kept.clone(),
+                        access: None,
+                    },
+                    true,
+                ),
+            })
+            .await;
+        match settled {
+            Ok(pushed) => {
+                if !pushed {
+                    tracing::error!(merchant = %id, "fallback entry older than the record in Redis; Redis kept");
+                }
+                // Only the entry that was pushed: a newer one written meanwhile stays.
+                let still = shared.fallback.get(&id).await.ok().flatten();
+                if still.as_ref() != Some(&kept) {
+                    continue;
+                }
+                if let Err(e) = shared.fallback.remove(&id).await {
+                    tracing::error!(merchant = %id, error = %e, "cannot clear the fallback entry");
+                }
+                tracing::info!(merchant = %id, pushed, "fallback entry settled");
+            }
+            Err(_) => left += 1,
+        }
+    }
+    left
 }
 
 /// Keeps the lock while `release` is pending (renewing every third of `ttl`), then deletes it

@@ -50,6 +50,20 @@ impl Redis {
         }
     }
 
+    /// kill -9 (its data is gone: tests run it without persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same socket, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
     /// `redis+unix://` URL of this server.
     pub fn url(&self) -> String {
         format!("redis+unix://{}", self.socket.display())
