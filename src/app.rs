@@ -289,6 +289,7 @@ fn admin_service(
             ("upstream.base_url", parts.upstream.clone()),
             ("upstream.token_url", parts.token_endpoint.clone()),
         ],
+        tokens: Some(parts.tokens.clone()),
         api: AdminApi::new(s, parts.tokens.clone(), parts.store.clone()),
         onboarding: Onboarding::new(s, parts.tokens.clone()).map_err(StartError)?,
     };

@@ -35,7 +35,7 @@ use http::HeaderValue;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::{watch, Notify};
@@ -139,6 +139,8 @@ struct Inner {
     /// A std mutex: pushed and popped in sync code only.
     schedule: Mutex<BinaryHeap<Reverse<(Instant, u64, MerchantId)>>>,
     schedule_changed: Notify,
+    /// Every stored merchant was loaded once ([`TokenManager::load`]); `/readyz` waits for it.
+    loaded: AtomicBool,
 }
 
 /// Cheap to clone: every clone shares one cache.
@@ -164,24 +166,35 @@ impl TokenManager {
                 next_id: AtomicU64::new(1),
                 schedule: Mutex::new(BinaryHeap::new()),
                 schedule_changed: Notify::new(),
+                loaded: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Loads every stored merchant into the cache (without access tokens).
+    /// Loads every stored merchant into the cache (without access tokens); merchants already
+    /// cached (loaded on demand meanwhile) are kept as they are.
     pub async fn load(&self) -> Result<usize, crate::store::StoreError> {
         let all = self.inner.store.load_all().await;
         self.count_store("load", all.is_ok());
         let all = all?;
         let n = all.len();
         for (id, stored) in all {
-            self.inner.slots.insert(id, Slot::new(stored));
+            self.inner
+                .slots
+                .entry(id)
+                .or_insert_with(|| Slot::new(stored));
         }
+        self.inner.loaded.store(true, Ordering::Relaxed);
         self.inner
             .metrics
             .merchants
             .set(self.inner.slots.len() as i64);
         Ok(n)
+    }
+
+    /// Whether [`load`](Self::load) has succeeded once.
+    pub fn loaded(&self) -> bool {
+        self.inner.loaded.load(Ordering::Relaxed)
     }
 
     fn count_store(&self, op: &str, ok: bool) {

@@ -134,27 +134,76 @@ async fn a_lock_holder_killed_mid_refresh_blocks_no_longer_than_the_lock_ttl() {
     );
 }
 
-#[tokio::test]
-async fn a_replica_starts_without_redis_and_readyz_says_why() {
-    let fake = FakeMollie::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("redis+unix://{}", dir.path().join("none.sock").display());
-    let mut gw = replica(&fake, &url, &[]);
-    gw.spawn_unready();
+/// `/readyz` once it answers (bounded): status code and body.
+async fn readyz(gw: &Gateway) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let body = loop {
-        let resp = reqwest::get(format!("{}/readyz", gw.admin_url())).await;
-        if let Ok(resp) = resp {
-            assert_eq!(resp.status(), 503);
-            break resp.text().await.unwrap();
+    loop {
+        if let Ok(resp) = reqwest::get(format!("{}/readyz", gw.admin_url())).await {
+            return (resp.status().as_u16(), resp.text().await.unwrap());
         }
         assert!(Instant::now() < deadline, "no /readyz answer");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+/// Polls `/readyz` (bounded, 10 s) until its body contains `want`.
+async fn readyz_until(gw: &Gateway, want: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = readyz(gw).await;
+        if body.contains(want) {
+            return (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said {want}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_starts_without_redis_and_is_ready_once_it_loaded_the_store() {
+    let fake = FakeMollie::start().await;
+    let mut redis = Redis::start();
+    let mut gw = replica(&fake, &redis.url(), &[]);
+    redis.kill();
+    gw.spawn_unready();
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 503, "{body}");
     assert!(body.contains("redis"), "{body}");
-    assert!(!body.contains("none.sock"), "the URL is not shown: {body}");
+    assert!(!body.contains("redis.sock"), "the URL is not shown: {body}");
     let health = reqwest::get(format!("{}/healthz", gw.admin_url()))
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // Redis back (empty): an operator onboards; the replica loads and serves, no restart.
+    redis.restart();
+    gw.onboard(&fake, "m1");
+    assert_eq!(readyz_until(&gw, "\"ready\"").await.0, 200);
+    assert_eq!(status_of(&gw).await, 200);
+}
+
+#[tokio::test]
+async fn redis_down_after_start_is_degraded_and_cached_tokens_serve() {
+    let fake = FakeMollie::start().await;
+    let mut redis = Redis::start();
+    let mut gw = replica(&fake, &redis.url(), &[]);
+    gw.onboard(&fake, "m1");
+    gw.spawn();
+    assert_eq!(status_of(&gw).await, 200);
+    redis.kill();
+    let (status, body) = readyz_until(&gw, "degraded").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("redis"), "{body}");
+    for _ in 0..5 {
+        assert_eq!(
+            status_of(&gw).await,
+            200,
+            "a cached token serves without Redis"
+        );
+    }
+    assert_eq!(fake.token_calls_for("m1"), 1);
+    redis.restart();
+    assert_eq!(readyz_until(&gw, "\"ready\"").await.0, 200);
 }

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `GET` | `/metrics` | none | Prometheus text format of every gateway metric |
 //! | `GET` | `/healthz` | none | 200 while the process serves |
-//! | `GET` | `/readyz` | none | 200 `{"status":"ready"}` when the credential store reads, the upstream and token endpoint hosts have resolved at least once and the proxy listener accepts; else 503 `{"status":"not ready","reason":…}` |
+//! | `GET` | `/readyz` | none | 200 `{"status":"ready"}` when the credential store reads (and its merchants were loaded once), the upstream and token endpoint hosts have resolved at least once and the proxy listener accepts; 200 `{"status":"degraded","reason":…}` while a shared store (Redis) is unreachable after that; else 503 `{"status":"not ready","reason":…}` |
 //! | `GET` | `/admin/merchants` | bearer `admin.token` | every merchant's state (never a token) |
 //! | `GET` | `/admin/merchants/{id}` | bearer `admin.token` | one merchant's state |
 //! | `PUT` | `/admin/merchants/{id}` | bearer `admin.token` | store a refresh token, or exchange an authorization code |
@@ -41,6 +41,7 @@ pub use serve::AdminService;
 use crate::listen::BoundAddr;
 use crate::metrics::Metrics;
 use crate::store::CredentialStore;
+use crate::tokens::TokenManager;
 use crate::upstream::Endpoint;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -63,6 +64,8 @@ pub struct Admin {
     /// The upstream and token endpoints with their config keys: `/readyz` wants each host
     /// resolved at least once.
     pub endpoints: Vec<(&'static str, Arc<Endpoint>)>,
+    /// `/readyz`: loaded once? (and loads, while not); the server's token manager.
+    pub tokens: Option<TokenManager>,
     /// `/admin/…`, behind `admin.token`.
     pub api: AdminApi,
     /// `/oauth/connect` and `/oauth/callback`.
@@ -75,6 +78,8 @@ struct Health {
     store: Arc<dyn CredentialStore>,
     proxy_addr: BoundAddr,
     endpoints: Vec<(&'static str, Arc<Endpoint>)>,
+    /// `None`: readiness is the store's check alone (no degraded state).
+    tokens: Option<TokenManager>,
 }
 
 impl Admin {
@@ -85,6 +90,7 @@ impl Admin {
             store: self.store,
             proxy_addr: self.proxy_addr,
             endpoints: self.endpoints,
+            tokens: self.tokens,
         });
         let only_get = || AdminError::allow("GET");
         Router::new()
@@ -124,13 +130,25 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> Response {
-    match h.readiness().await {
-        Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
-        Err(reason) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "not ready", "reason": reason}),
+    let degraded = match h.store_state().await {
+        Ok(degraded) => degraded,
+        Err(reason) => return not_ready(reason),
+    };
+    match (h.readiness().await, degraded) {
+        (Ok(()), None) => json(StatusCode::OK, serde_json::json!({"status": "ready"})),
+        (Ok(()), Some(reason)) => json(
+            StatusCode::OK,
+            serde_json::json!({"status": "degraded", "reason": reason}),
         ),
+        (Err(reason), _) => not_ready(reason),
     }
+}
+
+fn not_ready(reason: String) -> Response {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"status": "not ready", "reason": reason}),
+    )
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response {
@@ -139,9 +157,29 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response {
 }
 
 impl Health {
-    /// Ready: the store reads, both endpoint hosts have resolved, the proxy accepts.
+    /// The store: `Ok(None)` fine, `Ok(Some(reason))` degraded (a shared store unreachable
+    /// after the merchants were loaded once: cached tokens serve), `Err` not ready. While the
+    /// merchants were never loaded (Redis down at start-up), each probe tries to load them.
+    async fn store_state(&self) -> Result<Option<String>, String> {
+        let checked = self.store.check().await.map_err(|e| e.to_string());
+        let Some(tokens) = &self.tokens else {
+            return checked.map(|()| None);
+        };
+        if !tokens.loaded() {
+            checked?;
+            let loaded = tokens.load().await;
+            return loaded
+                .map(|_| None)
+                .map_err(|e| format!("loading merchants: {e}"));
+        }
+        match checked {
+            Err(reason) if self.store.shared() => Ok(Some(reason)),
+            other => other.map(|()| None),
+        }
+    }
+
+    /// Ready: both endpoint hosts have resolved, the proxy accepts (the store: `store_state`).
     async fn readiness(&self) -> Result<(), String> {
-        self.store.check().await.map_err(|e| e.to_string())?;
         if let Some((key, ep)) = self.endpoints.iter().find(|(_, ep)| !ep.has_resolved()) {
             return Err(format!(
                 "{key}: host {} has not resolved yet (retried every {} s)",
@@ -177,6 +215,7 @@ mod tests {
             store: Arc::new(store),
             proxy_addr: BoundAddr::known(proxy.local_addr().unwrap()),
             endpoints: vec![("upstream.token_url", literal)],
+            tokens: None,
         };
         assert_eq!(health.readiness().await, Ok(()));
 

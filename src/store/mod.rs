@@ -156,6 +156,12 @@ pub trait CredentialStore: Send + Sync {
     async fn check(&self) -> Result<(), StoreError> {
         self.load_all().await.map(drop)
     }
+    /// Shared by several replicas: while it is unreachable, a replica that loaded it once keeps
+    /// serving its cached tokens (`/readyz` says `degraded`, 200). Default: no (a local file
+    /// that cannot be read makes the replica not ready).
+    fn shared(&self) -> bool {
+        false
+    }
     /// Takes the merchant's refresh lock for `ttl` (renewed while held): `Ok(None)` when
     /// another process holds it. The default (one process) always succeeds: the token
     /// manager's local single flight is the only lock needed.

@@ -637,6 +637,10 @@ impl CredentialStore for Arc<RedisStore> {
         .await
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn lock(&self, id: &MerchantId, ttl: Duration) -> Result<Option<StoreLock>, StoreError> {
         let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let key = self.shared.lock_key(id);
