@@ -207,3 +207,48 @@ async fn redis_down_after_start_is_degraded_and_cached_tokens_serve() {
     redis.restart();
     assert_eq!(readyz_until(&gw, "\"ready\"").await.0, 200);
 }
+
+#[tokio::test]
+async fn with_rotation_no_replica_presents_a_dead_refresh_token() {
+    let redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    fake.set_rotate_refresh_tokens(true);
+    fake.set_token_delay(Duration::from_millis(100));
+    let (a, b) = two_replicas(&fake, &redis, &[]);
+    for round in 1..=3 {
+        fake.expire_tokens("m1");
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..10 {
+            let url = if i % 2 == 0 {
+                a.base_url()
+            } else {
+                b.base_url()
+            };
+            set.spawn(async move {
+                let sent = client()
+                    .get(format!("{url}/v2/echo/payments"))
+                    .header("X-Merchant-Id", "m1")
+                    .send()
+                    .await;
+                sent.map(|r| r.status().as_u16()).unwrap_or(0)
+            });
+        }
+        while let Some(status) = set.join_next().await {
+            assert_eq!(status.unwrap(), 200, "round {round}");
+        }
+        assert_eq!(
+            fake.token_calls_for("m1"),
+            round,
+            "one token call per expiry"
+        );
+    }
+    let dead =
+        r#"mollie_gateway_token_refreshes_total{grant="refresh_token",outcome="invalid_grant"}"#;
+    assert_eq!(a.metric(dead).await + b.metric(dead).await, 0.0);
+    let stored = redis.command("HGET gw:merchant:m1 data");
+    let current = fake.current_refresh_token("m1").unwrap();
+    assert!(
+        stored.contains(&current),
+        "Redis holds the live refresh token"
+    );
+}
