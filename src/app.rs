@@ -15,7 +15,7 @@ use crate::reload::{ConfigSource, ReloadService};
 use crate::store::file::FileStore;
 use crate::store::redis::RedisStore;
 use crate::store::CredentialStore;
-use crate::tokens::{RefresherService, TokenManager, TokenPolicy};
+use crate::tokens::{RefresherService, StoreEventsService, TokenManager, TokenPolicy};
 use crate::upstream::{Endpoint, ResolverService};
 use pingora::connectors::http::Connector;
 use pingora::listeners::tls::TlsSettings;
@@ -308,6 +308,13 @@ fn add_background_services(server: &mut Server, parts: &Parts, token_home: Token
     ));
     // Every token call runs here; it outlives the grace period (oauth/home.rs).
     server.add_service(background_service("token endpoint", token_home));
+    // Other replicas' changes (Redis); ends at once for the file store.
+    server.add_service(background_service(
+        "store events",
+        StoreEventsService {
+            tokens: parts.tokens.clone(),
+        },
+    ));
     if parts.settings.oauth.background_refresh {
         server.add_service(background_service(
             "refresher",

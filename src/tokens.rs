@@ -42,12 +42,14 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 mod error;
+mod events;
 mod operators;
 mod policy;
 mod refresh;
 mod refresher;
 mod shared;
 pub use error::{BadAnswer, Misconfigured, StoreFailure, TokenError, Unavailable};
+pub use events::StoreEventsService;
 pub use operators::MerchantStatus;
 pub use policy::{token_times, Backoff, TokenPolicy, TokenTimes, MAX_STALE_MARGIN};
 pub use refresher::RefresherService;

@@ -252,3 +252,37 @@ async fn with_rotation_no_replica_presents_a_dead_refresh_token() {
         "Redis holds the live refresh token"
     );
 }
+
+#[tokio::test]
+async fn a_removal_on_one_replica_reaches_the_other_within_a_second() {
+    let redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    let admin = "admin-token-for-replica-tests-0123";
+    let (a, b) = two_replicas(&fake, &redis, &[("ADMIN__TOKEN", admin)]);
+    assert_eq!(status_of(&b).await, 200, "B has m1's token cached");
+    let removed = client()
+        .delete(format!("{}/admin/merchants/m1", a.admin_url()))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let resp = client()
+            .get(format!("{}/v2/echo/payments", b.base_url()))
+            .header("X-Merchant-Id", "m1")
+            .send()
+            .await
+            .unwrap();
+        let code = resp.headers().get("x-gateway-error").cloned();
+        if code.is_some_and(|c| c == "unknown_merchant") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still serves a removed merchant"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

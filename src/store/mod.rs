@@ -69,6 +69,17 @@ pub enum StoreError {
     Conflict { id: MerchantId, kept_in: String },
 }
 
+/// A change another process made, as a shared store announces it (Redis pub/sub).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// The merchant's record changed (onboarded, re-authorized, revoked): re-read it.
+    Changed(MerchantId),
+    /// The merchant was removed.
+    Removed(MerchantId),
+    /// Announcements may have been missed (a (re)connect): re-read everything.
+    Resync,
+}
+
 /// An access token shared between replicas: the one another replica fetched serves all.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SharedToken {
@@ -161,6 +172,10 @@ pub trait CredentialStore: Send + Sync {
     /// that cannot be read makes the replica not ready).
     fn shared(&self) -> bool {
         false
+    }
+    /// Changes other processes announce; `None` when the store announces nothing (a file).
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
     }
     /// Takes the merchant's refresh lock for `ttl` (renewed while held): `Ok(None)` when
     /// another process holds it. The default (one process) always succeeds: the token

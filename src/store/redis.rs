@@ -14,15 +14,18 @@
 //!   never reused, even after a remove and a new authorization (no ABA).
 //! - `P lock:<id>`: the refresh lock, `SET NX PX` with a random owner, renewed and released
 //!   only by owner-checked scripts.
+//! - `P events`: pub/sub channel, `changed <id>` / `removed <id>` after a put, a revocation or
+//!   a removal ([`CredentialStore::events`]).
 //!
 //! Every call runs on the store's own one-thread runtime (its "home"): the connection's
 //! driver task lives there, so callers on pingora's several runtimes share one connection
 //! that outlives none of them. A background task on the same runtime pushes the fallback file
-//! back into Redis. Not done yet: TLS (`rediss://`), pub/sub.
+//! back into Redis, another listens on `P events`. Not done yet: TLS (`rediss://`).
 
 use super::file::FileStore;
-use super::{CredentialStore, SharedToken, StoreError, StoreLock, StoredMerchant};
+use super::{CredentialStore, SharedToken, StoreError, StoreEvent, StoreLock, StoredMerchant};
 use crate::types::{AccessToken, MerchantId, RefreshToken};
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -30,7 +33,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use tokio::sync::{oneshot, Notify, OnceCell};
+use tokio::sync::{broadcast, oneshot, Notify, OnceCell};
 use tracing::Instrument;
 
 /// The most one store operation may take, connecting included.
@@ -182,6 +185,8 @@ struct Shared {
     fallback: Arc<FileStore>,
     /// Signalled when the fallback file gained an entry.
     fallback_written: Notify,
+    /// What `P events` announced, for [`CredentialStore::events`].
+    events: broadcast::Sender<StoreEvent>,
 }
 
 impl Shared {
@@ -207,6 +212,26 @@ impl Shared {
 
     fn lock_key(&self, id: &MerchantId) -> String {
         format!("{}lock:{id}", self.prefix)
+    }
+
+    fn events_channel(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// Tells the other replicas (`changed <id>` / `removed <id>`); a lost announcement only
+    /// delays them until their next read of the store.
+    async fn announce(&self, what: &str, id: &MerchantId) {
+        let Ok(mut c) = self.conn().await else {
+            return;
+        };
+        let sent: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(self.events_channel())
+            .arg(format!("{what} {id}"))
+            .query_async(&mut c)
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(merchant = %id, error = %e, "cannot announce a change to other replicas");
+        }
     }
 
     fn index_key(&self) -> String {
@@ -363,11 +388,14 @@ impl RedisStore {
             prefix: prefix.to_string(),
             fallback: FileStore::open(fallback)?,
             fallback_written: Notify::new(),
+            events: broadcast::channel(1024).0,
         });
         let home = Home::start()?;
         let span = tracing::info_span!("fallback push-back");
         home.handle
             .spawn(push_back_loop(shared.clone()).instrument(span));
+        let span = tracing::info_span!("store events");
+        home.handle.spawn(listen(shared.clone()).instrument(span));
         Ok(Arc::new(RedisStore { shared, home }))
     }
 
@@ -418,6 +446,43 @@ impl RedisStore {
                 cause
             }
         }
+    }
+}
+
+/// How long the listener waits before subscribing again after losing its connection.
+pub const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Subscribes to `P events` and passes what it hears on; after every (re)subscription a
+/// [`StoreEvent::Resync`], as pub/sub drops messages while disconnected.
+async fn listen(shared: Arc<Shared>) {
+    let channel = shared.events_channel();
+    loop {
+        let connect = tokio::time::timeout(OP_TIMEOUT, shared.client.get_async_pubsub());
+        if let Ok(Ok(mut pubsub)) = connect.await {
+            let subscribed = tokio::time::timeout(OP_TIMEOUT, pubsub.subscribe(&channel));
+            if let Ok(Ok(())) = subscribed.await {
+                let _ = shared.events.send(StoreEvent::Resync);
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    if let Some(event) = parse_event(&payload) {
+                        let _ = shared.events.send(event);
+                    }
+                }
+                tracing::warn!("lost the store's event subscription; subscribing again");
+            }
+        }
+        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+    }
+}
+
+fn parse_event(payload: &str) -> Option<StoreEvent> {
+    let (what, id) = payload.split_once(' ')?;
+    let id = MerchantId::parse(id).ok()?;
+    match what {
+        "changed" => Some(StoreEvent::Changed(id)),
+        "removed" => Some(StoreEvent::Removed(id)),
+        _ => None,
     }
 }
 
@@ -559,7 +624,9 @@ impl CredentialStore for Arc<RedisStore> {
                 };
                 Change::Set(r, ())
             })
-            .await
+            .await?;
+            s.announce("changed", &id).await;
+            Ok(())
         })
         .await
     }
@@ -598,16 +665,21 @@ impl CredentialStore for Arc<RedisStore> {
     ) -> Result<(), StoreError> {
         let (id, token) = (id.clone(), refresh_token.clone());
         self.run("revoke", |s| async move {
-            s.modify(&id, |current| match current {
-                Some(mut r) if r.merchant.refresh_token == token && !r.merchant.revoked => {
-                    r.merchant.revoked = true;
-                    r.merchant.updated_at = super::unix_now();
-                    r.access = None;
-                    Change::Set(r, ())
-                }
-                _ => Change::Keep(()),
-            })
-            .await
+            let changed = s
+                .modify(&id, |current| match current {
+                    Some(mut r) if r.merchant.refresh_token == token && !r.merchant.revoked => {
+                        r.merchant.revoked = true;
+                        r.merchant.updated_at = super::unix_now();
+                        r.access = None;
+                        Change::Set(r, true)
+                    }
+                    _ => Change::Keep(false),
+                })
+                .await?;
+            if changed {
+                s.announce("changed", &id).await;
+            }
+            Ok(())
         })
         .await
     }
@@ -615,11 +687,16 @@ impl CredentialStore for Arc<RedisStore> {
     async fn remove(&self, id: &MerchantId) -> Result<bool, StoreError> {
         let id = id.clone();
         self.run("remove", |s| async move {
-            s.modify(&id, |current| match current {
-                Some(_) => Change::Delete(true),
-                None => Change::Keep(false),
-            })
-            .await
+            let removed = s
+                .modify(&id, |current| match current {
+                    Some(_) => Change::Delete(true),
+                    None => Change::Keep(false),
+                })
+                .await?;
+            if removed {
+                s.announce("removed", &id).await;
+            }
+            Ok(removed)
         })
         .await
     }
@@ -639,6 +716,10 @@ impl CredentialStore for Arc<RedisStore> {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
+        Some(self.shared.events.subscribe())
     }
 
     async fn lock(&self, id: &MerchantId, ttl: Duration) -> Result<Option<StoreLock>, StoreError> {
