@@ -9,8 +9,9 @@
 //! - [`upstream`]: upstream/token endpoint URLs and their asynchronous DNS.
 //! - [`oauth`]: the token endpoint client (both grants) and its service, the one runtime every
 //!   token call of the server runs on.
-//! - [`tokens`]: the token cache, single-flight refresh, backoff, background refresher.
-//! - [`store`]: durable credentials (`CredentialStore`; file backend).
+//! - [`tokens`]: the token cache, single-flight refresh (across replicas through the store's
+//!   lock), backoff, background refresher, other replicas' announced changes.
+//! - [`store`]: durable credentials (`CredentialStore`; file and Redis backends).
 //! - [`rewrite`]: testmode/profileId defaults and the streaming HAL link rewriter.
 //! - [`proxy`]: the proxy listener (connection cap, head deadline) and the proxy (a pingora-core
 //!   `HttpServerApp`): origin-form targets, the exchange and its attempt policy (401 replay,

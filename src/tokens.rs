@@ -24,7 +24,8 @@
 //! Sub-modules: `error` ([`TokenError`] and its typed causes; `error.rs` at the crate root
 //! turns it into an answer), `policy` (the timing rules and the backoff, pure), `refresh` (one
 //! refresh, step by step), `operators` (onboarding, removal, forced refresh, state listing),
-//! `refresher` (the background service).
+//! `refresher` (the background service), `shared` (the store's cross-replica lock and shared
+//! access token), `events` (other replicas' announced changes applied to the cache).
 
 use crate::metrics::Metrics;
 use crate::oauth::TokenEndpoint;
