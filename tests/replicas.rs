@@ -286,3 +286,27 @@ async fn a_removal_on_one_replica_reaches_the_other_within_a_second() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+#[tokio::test]
+async fn a_token_refreshed_after_a_401_on_one_replica_replaces_the_other_ones_at_once() {
+    let redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    let (a, b) = two_replicas(&fake, &redis, &[]);
+    assert_eq!(status_of(&a).await, 200);
+    assert_eq!(status_of(&b).await, 200, "B took A's token");
+    fake.expire_tokens("m1");
+    assert_eq!(status_of(&a).await, 200, "A: 401, refresh, replay");
+    assert_eq!((fake.api_401s(), fake.token_calls_for("m1")), (1, 2));
+    // B hears of A's new token (pub/sub: milliseconds) and drops the dead one, so its next
+    // request meets no 401 of its own.
+    let new = fake.current_access_token("m1").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(&b).await, 200);
+    assert_eq!(fake.api_401s(), 1, "B used the dead token");
+    let last = fake.api_requests().pop().unwrap();
+    assert_eq!(
+        last.header_values("authorization"),
+        vec![format!("Bearer {new}")]
+    );
+    assert_eq!(fake.token_calls_for("m1"), 2, "B made no token call");
+}

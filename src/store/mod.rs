@@ -76,6 +76,8 @@ pub enum StoreEvent {
     Changed(MerchantId),
     /// The merchant was removed.
     Removed(MerchantId),
+    /// A newer access token was shared ([`CredentialStore::shared_token`]).
+    Token(MerchantId),
     /// Announcements may have been missed (a (re)connect): re-read everything.
     Resync,
 }

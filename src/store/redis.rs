@@ -15,7 +15,8 @@
 //! - `P lock:<id>`: the refresh lock, `SET NX PX` with a random owner, renewed and released
 //!   only by owner-checked scripts.
 //! - `P events`: pub/sub channel, `changed <id>` / `removed <id>` after a put, a revocation or
-//!   a removal ([`CredentialStore::events`]).
+//!   a removal, `token <id>` after a newer access token was shared
+//!   ([`CredentialStore::events`]).
 //!
 //! Every call runs on the store's own one-thread runtime (its "home"): the connection's
 //! driver task lives there, so callers on pingora's several runtimes share one connection
@@ -482,6 +483,7 @@ fn parse_event(payload: &str) -> Option<StoreEvent> {
     match what {
         "changed" => Some(StoreEvent::Changed(id)),
         "removed" => Some(StoreEvent::Removed(id)),
+        "token" => Some(StoreEvent::Token(id)),
         _ => None,
     }
 }
@@ -768,18 +770,23 @@ impl CredentialStore for Arc<RedisStore> {
     ) -> Result<(), StoreError> {
         let (id, token) = (id.clone(), token.clone());
         self.run("share", |s| async move {
-            s.modify(&id, |current| match current {
-                Some(mut r)
-                    if r.access
-                        .as_ref()
-                        .is_none_or(|a| a.expires_at_ms < token.expires_at_ms) =>
-                {
-                    r.access = Some(token.clone());
-                    Change::Set(r, ())
-                }
-                _ => Change::Keep(()),
-            })
-            .await
+            let shared = s
+                .modify(&id, |current| match current {
+                    Some(mut r)
+                        if r.access
+                            .as_ref()
+                            .is_none_or(|a| a.expires_at_ms < token.expires_at_ms) =>
+                    {
+                        r.access = Some(token.clone());
+                        Change::Set(r, true)
+                    }
+                    _ => Change::Keep(false),
+                })
+                .await?;
+            if shared {
+                s.announce("token", &id).await;
+            }
+            Ok(())
         })
         .await
     }

@@ -1,14 +1,16 @@
 //! What other replicas announce through the store (Redis pub/sub), applied to this replica's
 //! cache: a removed merchant is dropped, a changed one (onboarded, re-authorized, revoked) is
-//! re-read, and after a (re)subscription everything is re-read (pub/sub drops messages while
-//! disconnected).
+//! re-read, a newer shared access token replaces the cached one, and after a (re)subscription
+//! everything is re-read (pub/sub drops messages while disconnected).
 //! Must not: hold a slot guard across `.await`, or drop a cached token of a merchant whose
 //! stored authorization did not change.
 
-use super::{Slot, TokenManager};
+use super::shared::unix_ms;
+use super::{CachedToken, Slot, TokenManager};
 use crate::store::{StoreEvent, StoredMerchant};
 use crate::types::MerchantId;
 use std::collections::HashSet;
+use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::Instrument;
 
@@ -57,8 +59,33 @@ impl TokenManager {
                     tracing::warn!(merchant = %id, error = %e, "cannot re-read an announced change")
                 }
             },
+            StoreEvent::Token(id) => {
+                let seen = self.seen_expiry_ms(&id);
+                if let Some(token) = self.newer_shared(&id, seen).await {
+                    self.install(&id, token);
+                }
+            }
             StoreEvent::Resync => self.resync().await,
         }
+    }
+
+    /// A token another replica fetched replaces an older cached one at once (that one may be
+    /// the token an upstream just rejected there).
+    fn install(&self, id: &MerchantId, token: Arc<CachedToken>) {
+        let Some(mut slot) = self.inner.slots.get_mut(id) else {
+            return;
+        };
+        let newer = slot
+            .token
+            .as_ref()
+            .is_none_or(|t| t.expires_at < token.expires_at);
+        if !newer || slot.revoked {
+            return;
+        }
+        slot.token = Some(token.clone());
+        slot.seen_expiry_ms = slot.seen_expiry_ms.max(unix_ms(token.expires_at));
+        drop(slot);
+        self.schedule(token.times.background_at, token.id, id);
     }
 
     async fn resync(&self) {

@@ -239,7 +239,7 @@ impl TokenManager {
     }
 
     /// The expiry of the newest token the merchant's slot held (0: none).
-    fn seen_expiry_ms(&self, merchant: &MerchantId) -> u64 {
+    pub(super) fn seen_expiry_ms(&self, merchant: &MerchantId) -> u64 {
         let slot = self.inner.slots.get(merchant);
         slot.map(|s| s.seen_expiry_ms).unwrap_or(0)
     }

@@ -70,7 +70,11 @@ impl TokenManager {
     }
 
     /// The shared token, if it expires after `seen_ms` and is still fresh here.
-    async fn newer_shared(&self, merchant: &MerchantId, seen_ms: u64) -> Option<Arc<CachedToken>> {
+    pub(super) async fn newer_shared(
+        &self,
+        merchant: &MerchantId,
+        seen_ms: u64,
+    ) -> Option<Arc<CachedToken>> {
         let shared = match self.inner.store.shared_token(merchant).await {
             Ok(Some(s)) if s.expires_at_ms > seen_ms => s,
             Ok(_) => return None,
