@@ -56,6 +56,8 @@ pub struct Metrics {
     pub merchants: IntGauge,
     pub gateway_errors: IntCounterVec,
     pub store_operations: IntCounterVec,
+    /// 1 while the credential store answered its last operation or readiness probe, else 0.
+    pub store_up: IntGauge,
     /// Open caller connections on the proxy listener.
     pub connections_open: IntGauge,
     /// `reason` handles of `connections_refused_total`, in [`REFUSAL_REASONS`] order.
@@ -211,8 +213,14 @@ impl Metrics {
             store_operations: counter_vec(
                 r,
                 "store_operations_total",
-                "Credential store operations by op (load, save, remove) and outcome (ok, error).",
+                "Credential store operations by op (load, save, remove, lock) and outcome (ok, error, \
+                 fallback: a rotated refresh token kept in store.fallback_path).",
                 &["op", "outcome"],
+            ),
+            store_up: gauge(
+                r,
+                "store_up",
+                "1 while the credential store answered its last operation or readiness probe.",
             ),
             connections_open: gauge(
                 r,

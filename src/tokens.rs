@@ -205,11 +205,9 @@ impl TokenManager {
     }
 
     fn count_store_outcome(&self, op: &str, outcome: &str) {
-        self.inner
-            .metrics
-            .store_operations
-            .with_label_values(&[op, outcome])
-            .inc();
+        let m = &self.inner.metrics;
+        m.store_operations.with_label_values(&[op, outcome]).inc();
+        m.store_up.set(i64::from(outcome == "ok"));
     }
 
     /// The merchant's current access token: from the cache when fresh (the hot path: one

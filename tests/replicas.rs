@@ -204,8 +204,10 @@ async fn redis_down_after_start_is_degraded_and_cached_tokens_serve() {
         );
     }
     assert_eq!(fake.token_calls_for("m1"), 1);
+    assert_eq!(gw.metric("mollie_gateway_store_up").await, 0.0);
     redis.restart();
     assert_eq!(readyz_until(&gw, "\"ready\"").await.0, 200);
+    assert_eq!(gw.metric("mollie_gateway_store_up").await, 1.0);
 }
 
 #[tokio::test]

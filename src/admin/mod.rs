@@ -162,6 +162,7 @@ impl Health {
     /// merchants were never loaded (Redis down at start-up), each probe tries to load them.
     async fn store_state(&self) -> Result<Option<String>, String> {
         let checked = self.store.check().await.map_err(|e| e.to_string());
+        self.metrics.store_up.set(i64::from(checked.is_ok()));
         let Some(tokens) = &self.tokens else {
             return checked.map(|()| None);
         };
