@@ -5,18 +5,26 @@
 //! it), the re-read after taking it (a newer shared token skips the token call), and sharing
 //! a new token. With the file store the lock is always free and nothing is shared, so this is
 //! the single-process behaviour unchanged.
+//! Waiting replicas wake when the store announces a new token (Redis pub/sub), and look again
+//! at least every [`LOCK_POLL_WITH_EVENTS`] (a holder that died announces nothing).
 //! Must not: wait without a bound, or use a shared token that is not newer than the one this
 //! replica last saw (after a 401 that one is dead).
 
 use super::{CachedToken, TokenError, TokenManager, Unavailable};
-use crate::store::{unix_now_ms, SharedToken, StoreLock};
+use crate::store::{unix_now_ms, SharedToken, StoreEvent, StoreLock};
 use crate::types::{AccessToken, MerchantId};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
 use tokio::time::Instant;
 
-/// How often a replica waiting for another one's refresh looks at the record again.
+/// How often a replica waiting for another one's refresh looks at the record again, when the
+/// store announces nothing.
 pub const LOCK_POLL: Duration = Duration::from_millis(50);
+/// The same when the store announces new tokens (a waiter wakes on the announcement; this
+/// bound covers a holder that died or failed, which announces nothing).
+pub const LOCK_POLL_WITH_EVENTS: Duration = Duration::from_millis(250);
 
 /// What a refresh holds, or got, before calling the token endpoint.
 pub(super) enum Turn {
@@ -37,6 +45,7 @@ impl TokenManager {
         seen_ms: u64,
     ) -> Result<Turn, TokenError> {
         let deadline = Instant::now() + self.inner.policy.stuck_leader_after;
+        let mut events = self.inner.store.events();
         loop {
             match self
                 .inner
@@ -65,7 +74,7 @@ impl TokenManager {
                 let waited = self.inner.policy.stuck_leader_after;
                 return Err(TokenError::unavailable(Unavailable::WaitedTooLong(waited)));
             }
-            tokio::time::sleep(LOCK_POLL).await;
+            wait_for_news(merchant, events.as_mut()).await;
         }
     }
 
@@ -120,4 +129,21 @@ pub(super) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Until the store announces a new token for `merchant`, or the poll interval passes.
+async fn wait_for_news(merchant: &MerchantId, events: Option<&mut Receiver<StoreEvent>>) {
+    let Some(rx) = events else {
+        return tokio::time::sleep(LOCK_POLL).await;
+    };
+    let heard = async {
+        loop {
+            match rx.recv().await {
+                Ok(StoreEvent::Token(id)) if id == *merchant => return,
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LOCK_POLL_WITH_EVENTS, heard).await;
 }
