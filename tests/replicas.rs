@@ -302,7 +302,7 @@ async fn a_token_refreshed_after_a_401_on_one_replica_replaces_the_other_ones_at
     // B hears of A's new token (pub/sub: milliseconds) and drops the dead one, so its next
     // request meets no 401 of its own.
     let new = fake.current_access_token("m1").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(status_of(&b).await, 200);
     assert_eq!(fake.api_401s(), 1, "B used the dead token");
     let last = fake.api_requests().pop().unwrap();
