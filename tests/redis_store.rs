@@ -81,16 +81,22 @@ async fn a_write_with_a_stale_version_is_refused() {
         .put(&id("m1"), &StoredMerchant::new(RefreshToken::new("r1")))
         .await
         .unwrap();
-    let version = redis.command("HGET t:merchant:m1 version");
-    // A writer that read version 1 loses once the record moved on.
+    let stale = redis.call(&["HGET", "t:merchant:m1", "version"]);
+    let stale = stale.lines().nth(1).unwrap().to_string();
     assert!(store
         .rotate(&id("m1"), &RefreshToken::new("r2"))
         .await
         .unwrap());
-    let script = "EVAL \"local v = redis.call('HGET', KEYS[1], 'version') or '0' \
-        if v ~= ARGV[1] then return 0 end return 1\" 1 t:merchant:m1 1";
-    assert!(version.contains('1'), "{version}");
-    assert_eq!(redis.command(script).trim(), ":0");
+    // The store's own compare-and-set, run with the version read before the rotation: refused,
+    // and the record keeps the rotation.
+    let lua = mollie_gateway::store::redis::CAS_SET_LUA;
+    let keys = ["t:merchant:m1", "t:merchants", "t:version"];
+    let eval = [
+        "EVAL", lua, "3", keys[0], keys[1], keys[2], &stale, "{}", "m1",
+    ];
+    assert_eq!(redis.call(&eval).trim(), ":0");
+    let m1 = store.get(&id("m1")).await.unwrap().unwrap();
+    assert_eq!(m1.refresh_token.expose(), "r2");
     // Versions never repeat, even across a remove and a new authorization (no ABA).
     store.remove(&id("m1")).await.unwrap();
     store

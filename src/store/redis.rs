@@ -43,16 +43,15 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 const CAS_ATTEMPTS: u32 = 5;
 
 /// `KEYS`: record, index, version counter. `ARGV`: expected version (`0`: absent), data, id.
-static CAS_SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local v = redis.call('HGET', KEYS[1], 'version') or '0'
-        if v ~= ARGV[1] then return 0 end
-        local n = redis.call('INCR', KEYS[3])
-        redis.call('HSET', KEYS[1], 'version', n, 'data', ARGV[2])
-        redis.call('SADD', KEYS[2], ARGV[3])
-        return 1",
-    )
-});
+/// Public so that a test can run it against a real Redis.
+pub const CAS_SET_LUA: &str = r"local v = redis.call('HGET', KEYS[1], 'version') or '0'
+    if v ~= ARGV[1] then return 0 end
+    local n = redis.call('INCR', KEYS[3])
+    redis.call('HSET', KEYS[1], 'version', n, 'data', ARGV[2])
+    redis.call('SADD', KEYS[2], ARGV[3])
+    return 1";
+
+static CAS_SET: LazyLock<Script> = LazyLock::new(|| Script::new(CAS_SET_LUA));
 
 /// `KEYS`: record, index. `ARGV`: expected version, id.
 static CAS_DEL: LazyLock<Script> = LazyLock::new(|| {

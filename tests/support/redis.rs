@@ -78,6 +78,20 @@ impl Redis {
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
+    /// Sends one command as a RESP array (arguments may hold spaces and newlines).
+    pub fn call(&self, args: &[&str]) -> String {
+        let mut line = format!("*{}\r\n", args.len());
+        for a in args {
+            line.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        let mut s = UnixStream::connect(&self.socket).expect("connect to redis");
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        s.write_all(line.as_bytes()).expect("write");
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
     /// Sends one inline command and returns the raw answer (tests only: small answers).
     pub fn command(&self, line: &str) -> String {
         let mut s = UnixStream::connect(&self.socket).expect("connect to redis");
