@@ -21,19 +21,24 @@
 //! Every call runs on the store's own one-thread runtime (its "home"): the connection's
 //! driver task lives there, so callers on pingora's several runtimes share one connection
 //! that outlives none of them. A background task on the same runtime pushes the fallback file
-//! back into Redis, another listens on `P events`. Not done yet: TLS (`rediss://`).
+//! back into Redis, another listens on `P events` (`tasks.rs`); the record's bytes are made in
+//! `record.rs`. Not done yet: TLS (`rediss://`).
+
+mod record;
+mod tasks;
+pub use record::{decode_record, encode_record, Record};
+pub use tasks::{FALLBACK_RETRY, RESUBSCRIBE_AFTER};
 
 use super::file::FileStore;
 use super::{CredentialStore, SharedToken, StoreError, StoreEvent, StoreLock, StoredMerchant};
-use crate::types::{AccessToken, MerchantId, RefreshToken};
-use futures_util::StreamExt;
+use crate::types::{MerchantId, RefreshToken};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+use tasks::{hold_lock, listen, push_back_loop};
 use tokio::sync::{broadcast, oneshot, Notify, OnceCell};
 use tracing::Instrument;
 
@@ -81,87 +86,6 @@ static LOCK_RELEASE: LazyLock<Script> = LazyLock::new(|| {
         return 0",
     )
 });
-
-/// One merchant's record in Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub merchant: StoredMerchant,
-    /// The access token last fetched by any replica.
-    pub access: Option<SharedToken>,
-}
-
-#[derive(Serialize)]
-struct WireOut<'a> {
-    refresh_token: &'a str,
-    revoked: bool,
-    updated_at: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    access: Option<WireTokenOut<'a>>,
-}
-
-#[derive(Serialize)]
-struct WireTokenOut<'a> {
-    token: &'a str,
-    expires_at_ms: u64,
-    lifetime_ms: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WireIn {
-    refresh_token: RefreshToken,
-    revoked: bool,
-    updated_at: u64,
-    #[serde(default)]
-    access: Option<WireTokenIn>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WireTokenIn {
-    token: AccessToken,
-    expires_at_ms: u64,
-    lifetime_ms: u64,
-}
-
-/// The record's bytes: the one place secrets are serialized for Redis (sealing at rest plugs
-/// in here, with `id` as associated data).
-pub fn encode_record(_id: &MerchantId, r: &Record) -> Vec<u8> {
-    let m = &r.merchant;
-    let wire = WireOut {
-        refresh_token: m.refresh_token.expose(),
-        revoked: m.revoked,
-        updated_at: m.updated_at,
-        access: r.access.as_ref().map(|a| WireTokenOut {
-            token: a.access_token.expose(),
-            expires_at_ms: a.expires_at_ms,
-            lifetime_ms: a.lifetime_ms,
-        }),
-    };
-    // Serializing strings and integers cannot fail.
-    serde_json::to_vec(&wire).unwrap_or_default()
-}
-
-/// The inverse of [`encode_record`]; a record that does not parse is an error, never
-/// overwritten.
-pub fn decode_record(id: &MerchantId, bytes: &[u8]) -> Result<Record, StoreError> {
-    let w: WireIn = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        path: format!("redis record of merchant {id}"),
-        reason: e.to_string(),
-    })?;
-    Ok(Record {
-        merchant: StoredMerchant {
-            refresh_token: w.refresh_token,
-            revoked: w.revoked,
-            updated_at: w.updated_at,
-        },
-        access: w.access.map(|a| SharedToken {
-            access_token: a.token,
-            expires_at_ms: a.expires_at_ms,
-            lifetime_ms: a.lifetime_ms,
-        }),
-    })
-}
 
 fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Redis(e.to_string())
@@ -449,156 +373,6 @@ impl RedisStore {
     }
 }
 
-/// How long the listener waits before subscribing again after losing its connection.
-pub const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
-
-/// Subscribes to `P events` and passes what it hears on; after every (re)subscription a
-/// [`StoreEvent::Resync`], as pub/sub drops messages while disconnected.
-async fn listen(shared: Arc<Shared>) {
-    let channel = shared.events_channel();
-    loop {
-        let connect = tokio::time::timeout(OP_TIMEOUT, shared.client.get_async_pubsub());
-        if let Ok(Ok(mut pubsub)) = connect.await {
-            let subscribed = tokio::time::timeout(OP_TIMEOUT, pubsub.subscribe(&channel));
-            if let Ok(Ok(())) = subscribed.await {
-                let _ = shared.events.send(StoreEvent::Resync);
-                let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    let payload: String = msg.get_payload().unwrap_or_default();
-                    if let Some(event) = parse_event(&payload) {
-                        let _ = shared.events.send(event);
-                    }
-                }
-                tracing::warn!("lost the store's event subscription; subscribing again");
-            }
-        }
-        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-    }
-}
-
-fn parse_event(payload: &str) -> Option<StoreEvent> {
-    let (what, id) = payload.split_once(' ')?;
-    let id = MerchantId::parse(id).ok()?;
-    match what {
-        "changed" => Some(StoreEvent::Changed(id)),
-        "removed" => Some(StoreEvent::Removed(id)),
-        "token" => Some(StoreEvent::Token(id)),
-        _ => None,
-    }
-}
-
-/// How often a non-empty fallback file is offered to Redis again.
-pub const FALLBACK_RETRY: Duration = Duration::from_secs(2);
-
-/// Pushes the fallback file's entries into Redis whenever it has some (at start, after each
-/// write to it, then every [`FALLBACK_RETRY`] until it is empty). Runs as long as the store.
-async fn push_back_loop(shared: Arc<Shared>) {
-    loop {
-        let left = match shared.fallback.load_all().await {
-            Ok(all) if all.is_empty() => 0,
-            Ok(all) => {
-                let n = all.len();
-                let bounded = tokio::time::timeout(OP_TIMEOUT * n as u32, push_back(&shared, all));
-                bounded.await.unwrap_or(n)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the fallback file");
-                1
-            }
-        };
-        if left == 0 {
-            shared.fallback_written.notified().await;
-        } else {
-            tokio::time::sleep(FALLBACK_RETRY).await;
-        }
-    }
-}
-
-/// Writes each entry into Redis unless Redis holds a newer change of that merchant (then it is
-/// a conflict, logged, and Redis wins); an entry is removed from the file once settled.
-/// Returns how many are left.
-async fn push_back(shared: &Shared, all: Vec<(MerchantId, StoredMerchant)>) -> usize {
-    let mut left = 0;
-    for (id, kept) in all {
-        let settled = shared
-            .modify(&id, |current| match current {
-                Some(r) if r.merchant.updated_at > kept.updated_at => Change::Keep(false),
-                Some(mut r) => {
-                    r.merchant = kept.clone();
-                    Change::Set(r, true)
-                }
-                // Redis lost it (or it was removed meanwhile): a live refresh token is not
-                // dropped.
-                None => Change::Set(
-                    Record {
-                        merchant: kept.clone(),
-                        access: None,
-                    },
-                    true,
-                ),
-            })
-            .await;
-        match settled {
-            Ok(pushed) => {
-                if !pushed {
-                    tracing::error!(merchant = %id, "fallback entry older than the record in Redis; Redis kept");
-                }
-                // Only the entry that was pushed: a newer one written meanwhile stays.
-                let still = shared.fallback.get(&id).await.ok().flatten();
-                if still.as_ref() != Some(&kept) {
-                    continue;
-                }
-                if let Err(e) = shared.fallback.remove(&id).await {
-                    tracing::error!(merchant = %id, error = %e, "cannot clear the fallback entry");
-                }
-                tracing::info!(merchant = %id, pushed, "fallback entry settled");
-            }
-            Err(_) => left += 1,
-        }
-    }
-    left
-}
-
-/// Keeps the lock while `release` is pending (renewing every third of `ttl`), then deletes it
-/// if this owner still holds it.
-async fn hold_lock(
-    shared: Arc<Shared>,
-    key: String,
-    owner: String,
-    ttl: Duration,
-    mut release: oneshot::Receiver<()>,
-) {
-    let ttl_ms = ttl.as_millis() as u64;
-    loop {
-        tokio::select! {
-            _ = &mut release => break,
-            _ = tokio::time::sleep(ttl / 3) => {
-                let Ok(mut c) = shared.conn().await else { continue };
-                let renewed: Result<i64, _> =
-                    LOCK_RENEW.key(&key).arg(&owner).arg(ttl_ms).invoke_async(&mut c).await;
-                match renewed {
-                    Ok(1) => {}
-                    Ok(_) => {
-                        tracing::warn!("refresh lock expired while held; another replica may refresh too");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot renew the refresh lock"),
-                }
-            }
-        }
-    }
-    if let Ok(mut c) = shared.conn().await {
-        let released: Result<i64, _> = LOCK_RELEASE
-            .key(&key)
-            .arg(&owner)
-            .invoke_async(&mut c)
-            .await;
-        if let Err(e) = released {
-            tracing::warn!(error = %e, "cannot release the refresh lock; it expires by itself");
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl CredentialStore for Arc<RedisStore> {
     async fn load_all(&self) -> Result<Vec<(MerchantId, StoredMerchant)>, StoreError> {
@@ -788,40 +562,5 @@ impl CredentialStore for Arc<RedisStore> {
             Ok(())
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_round_trips_and_hides_secrets_in_debug() {
-        let id = MerchantId::parse("m1").unwrap();
-        let r = Record {
-            merchant: StoredMerchant::new(RefreshToken::new("refresh_secret")),
-            access: Some(SharedToken {
-                access_token: AccessToken::new("access_secret"),
-                expires_at_ms: 5,
-                lifetime_ms: 3_600_000,
-            }),
-        };
-        let bytes = encode_record(&id, &r);
-        assert_eq!(decode_record(&id, &bytes).unwrap(), r);
-        let shown = format!("{r:?}");
-        assert!(!shown.contains("secret"), "{shown}");
-        assert!(matches!(
-            decode_record(&id, b"{\"x\":1}"),
-            Err(StoreError::Corrupt { .. })
-        ));
-    }
-
-    #[test]
-    fn a_url_that_does_not_parse_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = RedisStore::open("nope://", "p:", &dir.path().join("f.json"))
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("store.redis_url"), "{err}");
     }
 }
