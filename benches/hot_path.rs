@@ -111,6 +111,7 @@ fn manager(
         refresh_before_expiry: Duration::from_secs(300),
         waiter_timeout: Duration::from_secs(6),
         stuck_leader_after: Duration::from_secs(15),
+        store_lock_ttl: Duration::from_secs(6),
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).unwrap(),
     };
     let metrics = Arc::new(Metrics::default());

@@ -6,7 +6,7 @@
 //! Must not: parse the command line (main.rs) or serve anything itself.
 
 use crate::admin::{oauth_router, Admin, AdminApi, AdminService, Onboarding};
-use crate::config::Settings;
+use crate::config::{Settings, StoreBackend};
 use crate::listen::{BoundAddr, Listening, Socket};
 use crate::metrics::Metrics;
 use crate::oauth::{HttpTokenEndpoint, TokenEndpoint, TokenEndpointService};
@@ -14,8 +14,11 @@ use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::reload::{ConfigSource, ReloadService};
 use crate::store::crypto::{Keyring, Sealing};
 use crate::store::file::FileStore;
+use crate::store::redis::RedisStore;
 use crate::store::CredentialStore;
-use crate::tokens::{RefresherService, RevokerService, TokenManager, TokenPolicy};
+use crate::tokens::{
+    RefresherService, RevokerService, StoreEventsService, TokenManager, TokenPolicy,
+};
 use crate::upstream::{Endpoint, ResolverService};
 use pingora::connectors::http::Connector;
 use pingora::listeners::tls::TlsSettings;
@@ -89,10 +92,7 @@ impl Parts {
             .map_err(|e| StartError(format!("upstream.base_url: {e}")))?;
         let token_endpoint = Endpoint::parse(&settings.upstream.token_url)
             .map_err(|e| StartError(format!("upstream.token_url: {e}")))?;
-        let store: Arc<dyn CredentialStore> = Arc::new(
-            FileStore::open_sealed(&settings.store.path, sealing(&settings)?)
-                .map_err(|e| StartError(format!("store.path: {e}")))?,
-        );
+        let store = open_store(&settings)?;
         let metrics = Arc::new(Metrics::default());
         let connector = Connector::new(Some(
             pingora::connectors::ConnectorOptions::from_server_conf(conf),
@@ -132,10 +132,15 @@ impl Parts {
                 }
             }
         }
-        self.tokens
-            .load()
-            .await
-            .map_err(|e| StartError(format!("store.path: {e}")))
+        match (self.tokens.load().await, self.settings.store.backend) {
+            (Ok(n), _) => Ok(n),
+            (Err(e), StoreBackend::File) => Err(StartError(format!("store.path: {e}"))),
+            // Redis may come later: merchants are then read from it on first use.
+            (Err(e), StoreBackend::Redis) => {
+                tracing::error!(error = %e, "cannot load merchants from Redis at start-up; starting without them (/readyz says why)");
+                Ok(0)
+            }
+        }
     }
 }
 
@@ -163,6 +168,22 @@ fn sealing(settings: &Settings) -> Result<Sealing, StartError> {
         "credentials at rest are encrypted"
     );
     Ok(Sealing::new(Some(Arc::new(keyring))))
+}
+
+/// The backend `store.backend` names. Opening Redis does not connect: an unreachable Redis
+/// does not stop the start (readiness reports it).
+pub fn open_store(settings: &Settings) -> Result<Arc<dyn CredentialStore>, StartError> {
+    let s = &settings.store;
+    Ok(match s.backend {
+        StoreBackend::File => Arc::new(
+            FileStore::open_sealed(&s.path, sealing(settings)?)
+                .map_err(|e| StartError(format!("store.path: {e}")))?,
+        ),
+        StoreBackend::Redis => Arc::new(
+            RedisStore::open(&s.redis_url, &s.key_prefix, &s.fallback_path)
+                .map_err(|e| StartError(format!("store: {e}")))?,
+        ),
+    })
 }
 
 /// Builds the whole server: proxy and admin services plus background services. The caller
@@ -231,6 +252,7 @@ pub fn build_server(
         listen = %s.server.listen,
         upstream = %s.upstream.base_url,
         store = %s.store.path.display(),
+        backend = ?s.store.backend,
         merchants,
         "mollie-gateway starting"
     );
@@ -344,6 +366,7 @@ fn admin_service(
             ("upstream.base_url", parts.upstream.clone()),
             ("upstream.token_url", parts.token_endpoint.clone()),
         ],
+        tokens: Some(parts.tokens.clone()),
         api: AdminApi::new(s, parts.tokens.clone(), parts.store.clone()),
         onboarding,
         live,
@@ -368,6 +391,13 @@ fn add_background_services(server: &mut Server, parts: &Parts, token_home: Token
     server.add_service(background_service(
         "revoker",
         RevokerService {
+            tokens: parts.tokens.clone(),
+        },
+    ));
+    // Other replicas' changes (Redis); ends at once for the file store.
+    server.add_service(background_service(
+        "store events",
+        StoreEventsService {
             tokens: parts.tokens.clone(),
         },
     ));

@@ -41,6 +41,7 @@ pub const DEFAULT_MERCHANT_HEADER: &str = "X-Merchant-Id";
 pub const DEFAULT_STORE_PATH: &str = "data/credentials.json";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_KEY_PREFIX: &str = "mollie-gateway:";
+pub const DEFAULT_FALLBACK_PATH: &str = "data/fallback.json";
 
 /// Every problem found in a configuration, each naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -302,11 +303,15 @@ pub enum StoreBackend {
 pub struct StoreSettings {
     pub backend: StoreBackend,
     pub path: PathBuf,
+    /// Redis backend: `redis://[user:password@]host:port[/db]` or `redis+unix:///path`.
     pub redis_url: String,
+    /// Redis backend: every key starts with it (several gateways may share one Redis).
     pub key_prefix: String,
     /// AES-256-GCM keys for the records' secrets, one `key_id:base64(32 bytes)` a line, the
     /// last encrypts (`store::crypto`); empty = plaintext, warned. A path: never the keys.
     pub encryption_key_file: String,
+    /// Redis backend: rotated refresh tokens that Redis would not take are kept here.
+    pub fallback_path: PathBuf,
 }
 
 impl Default for StoreSettings {
@@ -317,6 +322,7 @@ impl Default for StoreSettings {
             redis_url: DEFAULT_REDIS_URL.into(),
             key_prefix: DEFAULT_KEY_PREFIX.into(),
             encryption_key_file: String::new(),
+            fallback_path: PathBuf::from(DEFAULT_FALLBACK_PATH),
         }
     }
 }
@@ -472,6 +478,11 @@ impl Settings {
         ] {
             if !secret.is_empty() {
                 *secret = Secret::new("***");
+            }
+        }
+        if let Ok(mut url) = url::Url::parse(&s.store.redis_url) {
+            if url.password().is_some() && url.set_password(Some("***")).is_ok() {
+                s.store.redis_url = url.to_string();
             }
         }
         s

@@ -10,9 +10,11 @@
 //! - [`upstream`]: upstream/token endpoint URLs and their asynchronous DNS.
 //! - [`oauth`]: the token endpoint client (both grants; `oauth/http.rs`, `oauth/error.rs`) and
 //!   its service (`oauth/home.rs`), the one runtime every token call of the server runs on.
-//! - [`tokens`]: the token cache, single-flight refresh (`tokens/refresh.rs`), errors, policy,
-//!   backoff, operator actions, the background refresher.
-//! - [`store`]: durable credentials (`CredentialStore`; file backend).
+//! - [`tokens`]: the token cache, single-flight refresh (`tokens/refresh.rs`; across replicas
+//!   through the store's lock), errors, policy, backoff, operator actions, removal, the
+//!   background refresher, other replicas' announced changes.
+//! - [`store`]: durable credentials (`CredentialStore`; file and Redis backends; `crypto`
+//!   seals secrets at rest).
 //! - [`rewrite`]: testmode/profileId defaults and the streaming HAL link rewriter.
 //! - [`proxy`]: the proxy (a pingora-core `HttpServerApp`) and its parts: `listener` (connection
 //!   cap, head deadline, the HTTP/1 keep-alive loop), `caller` (gateway keys, the merchant),

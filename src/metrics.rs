@@ -39,8 +39,10 @@ pub const REVOCATION_OUTCOMES: [&str; 5] = [
     "not_configured",
 ];
 /// The `op` and `outcome` values of `store_operations_total`.
-pub const STORE_OPS: [&str; 3] = ["load", "save", "remove"];
-pub const STORE_OUTCOMES: [&str; 2] = ["ok", "error"];
+/// `lock`: the store's refresh lock (Redis); `fallback`: a rotated refresh token the store
+/// would not take, kept in `store.fallback_path` instead.
+pub const STORE_OPS: [&str; 4] = ["load", "save", "remove", "lock"];
+pub const STORE_OUTCOMES: [&str; 3] = ["ok", "error", "fallback"];
 /// The `reason` values of `connections_refused_total`.
 pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "header_timeout"];
 
@@ -64,6 +66,8 @@ pub struct Metrics {
     pub store_operations: IntCounterVec,
     /// `revocations_total{outcome}`: removals and their revocation at Mollie.
     pub revocations: IntCounterVec,
+    /// 1 while the credential store answered its last operation or readiness probe, else 0.
+    pub store_up: IntGauge,
     /// Open caller connections on the proxy listener.
     pub connections_open: IntGauge,
     /// `reason` handles of `connections_refused_total`, in [`REFUSAL_REASONS`] order.
@@ -219,7 +223,8 @@ impl Metrics {
             store_operations: counter_vec(
                 r,
                 "store_operations_total",
-                "Credential store operations by op (load, save, remove) and outcome (ok, error).",
+                "Credential store operations by op (load, save, remove, lock) and outcome (ok, error, \
+                 fallback: a rotated refresh token kept in store.fallback_path).",
                 &["op", "outcome"],
             ),
             revocations: counter_vec(
@@ -229,6 +234,11 @@ impl Metrics {
                  (revoked, already_invalid, failed: retried later, skipped: \
                  keep_authorization, not_configured: no OAuth app).",
                 &["outcome"],
+            ),
+            store_up: gauge(
+                r,
+                "store_up",
+                "1 while the credential store answered its last operation or readiness probe.",
             ),
             connections_open: gauge(
                 r,

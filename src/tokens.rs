@@ -25,7 +25,8 @@
 //! turns it into an answer), `policy` (the timing rules and the backoff, pure), `refresh` (one
 //! refresh, step by step), `operators` (onboarding, removal, forced refresh, state listing),
 //! `refresher` (the background service), `removal` (revocation at Mollie on removal, and the
-//! [`RevokerService`] that retries it).
+//! [`RevokerService`] that retries it), `shared` (the store's cross-replica lock and shared
+//! access token), `events` (other replicas' announced changes applied to the cache).
 
 use crate::metrics::Metrics;
 use crate::oauth::TokenEndpoint;
@@ -36,19 +37,22 @@ use http::HeaderValue;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 mod error;
+mod events;
 mod operators;
 mod policy;
 mod refresh;
 mod refresher;
 mod removal;
+mod shared;
 pub use error::{BadAnswer, Misconfigured, StoreFailure, TokenError, Unavailable};
+pub use events::StoreEventsService;
 pub use operators::MerchantStatus;
 pub use policy::{token_times, Backoff, TokenPolicy, TokenTimes, MAX_STALE_MARGIN};
 pub use refresher::RefresherService;
@@ -97,6 +101,9 @@ struct Slot {
     last_error: Option<Box<TokenError>>,
     inflight: Option<Box<Inflight>>,
     last_refresh: Option<(SystemTime, &'static str)>,
+    /// Unix ms expiry of the newest token this slot held: a token shared by another replica
+    /// is used only if newer (the one held may have been rejected with a 401).
+    seen_expiry_ms: u64,
 }
 
 impl Slot {
@@ -110,6 +117,7 @@ impl Slot {
             last_error: None,
             inflight: None,
             last_refresh: None,
+            seen_expiry_ms: 0,
         }
     }
 
@@ -141,6 +149,8 @@ struct Inner {
     /// A std mutex: locked in sync code only.
     removals: Mutex<std::collections::BTreeMap<MerchantId, removal::Pending>>,
     removals_changed: Notify,
+    /// Every stored merchant was loaded once ([`TokenManager::load`]); `/readyz` waits for it.
+    loaded: AtomicBool,
 }
 
 /// Cheap to clone: every clone shares one cache.
@@ -168,12 +178,14 @@ impl TokenManager {
                 schedule_changed: Notify::new(),
                 removals: Mutex::new(Default::default()),
                 removals_changed: Notify::new(),
+                loaded: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Loads every stored merchant into the cache (without access tokens); a merchant being
-    /// removed is not served, its revocation is retried.
+    /// Loads every stored merchant into the cache (without access tokens); merchants already
+    /// cached (loaded on demand meanwhile) are kept as they are; a merchant being removed is
+    /// not served, its revocation is retried.
     pub async fn load(&self) -> Result<usize, crate::store::StoreError> {
         let all = self.inner.store.load_all().await;
         self.count_store("load", all.is_ok());
@@ -183,9 +195,13 @@ impl TokenManager {
             if stored.removing {
                 self.resume_removal(&id);
             } else {
-                self.inner.slots.insert(id, Slot::new(stored));
+                self.inner
+                    .slots
+                    .entry(id)
+                    .or_insert_with(|| Slot::new(stored));
             }
         }
+        self.inner.loaded.store(true, Ordering::Relaxed);
         self.inner
             .metrics
             .merchants
@@ -193,12 +209,19 @@ impl TokenManager {
         Ok(n)
     }
 
+    /// Whether [`load`](Self::load) has succeeded once.
+    pub fn loaded(&self) -> bool {
+        self.inner.loaded.load(Ordering::Relaxed)
+    }
+
     fn count_store(&self, op: &str, ok: bool) {
-        self.inner
-            .metrics
-            .store_operations
-            .with_label_values(&[op, if ok { "ok" } else { "error" }])
-            .inc();
+        self.count_store_outcome(op, if ok { "ok" } else { "error" });
+    }
+
+    fn count_store_outcome(&self, op: &str, outcome: &str) {
+        let m = &self.inner.metrics;
+        m.store_operations.with_label_values(&[op, outcome]).inc();
+        m.store_up.set(i64::from(outcome == "ok"));
     }
 
     /// The merchant's current access token: from the cache when fresh (the hot path: one

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `GET` | `/metrics` | none | Prometheus text format of every gateway metric |
 //! | `GET` | `/healthz` | none | 200 while the process serves |
-//! | `GET` | `/readyz` | none | 200 `{"status":"ready"}` when the credential store reads, the upstream and token endpoint hosts have resolved at least once and the proxy listener accepts; else 503 `{"status":"not ready","reason":…}` |
+//! | `GET` | `/readyz` | none | 200 `{"status":"ready"}` when the credential store reads (and its merchants were loaded once), the upstream and token endpoint hosts have resolved at least once and the proxy listener accepts; 200 `{"status":"degraded","reason":…}` while a shared store (Redis) is unreachable after that; else 503 `{"status":"not ready","reason":…}` |
 //! | `GET` | `/admin/merchants` | bearer `admin.token` | every merchant's state (never a token) |
 //! | `GET` | `/admin/merchants/{id}` | bearer `admin.token` | one merchant's state |
 //! | `PUT` | `/admin/merchants/{id}` | bearer `admin.token` | store a refresh token, or exchange an authorization code |
@@ -47,6 +47,7 @@ use crate::listen::BoundAddr;
 use crate::metrics::Metrics;
 use crate::proxy::Live;
 use crate::store::CredentialStore;
+use crate::tokens::TokenManager;
 use crate::upstream::Endpoint;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -69,6 +70,8 @@ pub struct Admin {
     /// The upstream and token endpoints with their config keys: `/readyz` wants each host
     /// resolved at least once.
     pub endpoints: Vec<(&'static str, Arc<Endpoint>)>,
+    /// `/readyz`: loaded once? (and loads, while not); the server's token manager.
+    pub tokens: Option<TokenManager>,
     /// `/admin/…`, behind `admin.token`.
     pub api: AdminApi,
     /// `/oauth/connect` and `/oauth/callback`; `None` when they have their own listener
@@ -85,6 +88,8 @@ struct Health {
     proxy_addr: BoundAddr,
     endpoints: Vec<(&'static str, Arc<Endpoint>)>,
     live: Arc<Live>,
+    /// `None`: readiness is the store's check alone (no degraded state).
+    tokens: Option<TokenManager>,
 }
 
 impl Admin {
@@ -96,6 +101,7 @@ impl Admin {
             proxy_addr: self.proxy_addr,
             endpoints: self.endpoints,
             live: self.live,
+            tokens: self.tokens,
         });
         let only_get = || AdminError::allow("GET");
         let mut router = Router::new()
@@ -148,9 +154,17 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> Response {
-    let (status, mut body) = match h.readiness().await {
-        Ok(()) => (StatusCode::OK, serde_json::json!({"status": "ready"})),
-        Err(reason) => (
+    let degraded = match h.store_state().await {
+        Ok(degraded) => degraded,
+        Err(reason) => return not_ready(reason),
+    };
+    let (status, mut body) = match (h.readiness().await, degraded) {
+        (Ok(()), None) => (StatusCode::OK, serde_json::json!({"status": "ready"})),
+        (Ok(()), Some(reason)) => (
+            StatusCode::OK,
+            serde_json::json!({"status": "degraded", "reason": reason}),
+        ),
+        (Err(reason), _) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"status": "not ready", "reason": reason}),
         ),
@@ -162,15 +176,43 @@ async fn readyz(State(h): State<Arc<Health>>) -> Response {
     json(status, body)
 }
 
+fn not_ready(reason: String) -> Response {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"status": "not ready", "reason": reason}),
+    )
+}
+
 fn json(status: StatusCode, value: serde_json::Value) -> Response {
     let content_type = [(http::header::CONTENT_TYPE, "application/json")];
     (status, content_type, value.to_string()).into_response()
 }
 
 impl Health {
-    /// Ready: the store reads, both endpoint hosts have resolved, the proxy accepts.
+    /// The store: `Ok(None)` fine, `Ok(Some(reason))` degraded (a shared store unreachable
+    /// after the merchants were loaded once: cached tokens serve), `Err` not ready. While the
+    /// merchants were never loaded (Redis down at start-up), each probe tries to load them.
+    async fn store_state(&self) -> Result<Option<String>, String> {
+        let checked = self.store.check().await.map_err(|e| e.to_string());
+        self.metrics.store_up.set(i64::from(checked.is_ok()));
+        let Some(tokens) = &self.tokens else {
+            return checked.map(|()| None);
+        };
+        if !tokens.loaded() {
+            checked?;
+            let loaded = tokens.load().await;
+            return loaded
+                .map(|_| None)
+                .map_err(|e| format!("loading merchants: {e}"));
+        }
+        match checked {
+            Err(reason) if self.store.shared() => Ok(Some(reason)),
+            other => other.map(|()| None),
+        }
+    }
+
+    /// Ready: both endpoint hosts have resolved, the proxy accepts (the store: `store_state`).
     async fn readiness(&self) -> Result<(), String> {
-        self.store.check().await.map_err(|e| e.to_string())?;
         if let Some((key, ep)) = self.endpoints.iter().find(|(_, ep)| !ep.has_resolved()) {
             return Err(format!(
                 "{key}: host {} has not resolved yet (retried every {} s)",
@@ -207,6 +249,7 @@ mod tests {
             proxy_addr: BoundAddr::known(proxy.local_addr().unwrap()),
             endpoints: vec![("upstream.token_url", literal)],
             live: Arc::new(Live::from_settings(&Default::default(), &Metrics::default()).unwrap()),
+            tokens: None,
         };
         assert_eq!(health.readiness().await, Ok(()));
 

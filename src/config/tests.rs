@@ -205,3 +205,23 @@ fn the_connection_limits_are_checked() {
         assert!(all.contains(key), "{all}");
     }
 }
+
+#[test]
+fn the_redis_store_is_checked_and_its_password_masked() {
+    let ok = "[store]\nbackend = \"redis\"\nredis_url = \"redis://u:hunter2@h:6379/0\"\n";
+    let s = parse(ok, &HashMap::new()).unwrap();
+    assert_eq!(s.store.backend, StoreBackend::Redis);
+    let shown = s.to_masked_toml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("redis://u:***@h:6379/0"), "{shown}");
+    let bad =
+        "[store]\nbackend = \"redis\"\nredis_url = \"http://x:secret@h\"\nkey_prefix = \"\"\n";
+    let err = parse(bad, &HashMap::new()).unwrap_err();
+    let all = err.problems.join("\n");
+    assert!(all.contains("store.redis_url"), "{all}");
+    assert!(all.contains("store.key_prefix"), "{all}");
+    assert!(!all.contains("secret"), "the URL is not repeated: {all}");
+    let tls = "[store]\nbackend = \"redis\"\nredis_url = \"rediss://h:6380\"\n";
+    let err = parse(tls, &HashMap::new()).unwrap_err();
+    assert!(err.problems[0].contains("rediss://"), "{:?}", err.problems);
+}

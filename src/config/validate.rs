@@ -214,10 +214,22 @@ impl StoreSettings {
         if self.path.as_os_str().is_empty() {
             p.push("store.path must not be empty".into());
         }
-        if self.backend == StoreBackend::Redis {
-            p.push(
-                "store.backend = \"redis\" is not available in this version; use \"file\"".into(),
-            );
+        if self.backend != StoreBackend::Redis {
+            return;
+        }
+        match url::Url::parse(&self.redis_url) {
+            Ok(u) if ["redis", "redis+unix", "unix"].contains(&u.scheme()) => {}
+            Ok(u) if u.scheme() == "rediss" => p.push(
+                "store.redis_url: rediss:// (TLS) is not supported in this version yet".into(),
+            ),
+            // The URL itself is not repeated: it may hold a password.
+            _ => p.push("store.redis_url must be a redis:// or redis+unix:// URL".into()),
+        }
+        if self.key_prefix.is_empty() {
+            p.push("store.key_prefix must not be empty with the redis backend".into());
+        }
+        if self.fallback_path.as_os_str().is_empty() {
+            p.push("store.fallback_path must not be empty with the redis backend".into());
         }
         if !self.encryption_key_file.is_empty() {
             // Parsed, not only opened: a bad line is a configuration error naming its number.

@@ -4,15 +4,19 @@
 //! merchant must authorize again), whether it was revoked, and when it last changed. Access
 //! tokens are not stored: they live an hour and are re-fetched on demand.
 //! Must not: hold a lock across `.await` in callers' paths, or ever write a partial record.
-//! Backends: [`file::FileStore`] (embedded default); [`crypto`] seals their secret fields. Everything outside `store/` (token
+//! Backends: [`file::FileStore`] (embedded default), [`redis::RedisStore`] (several replicas:
+//! shared records, the shared access token, a cross-replica refresh lock); [`crypto`] seals
+//! their secret fields. Everything outside `store/` (token
 //! manager, admin API, readiness) holds an `Arc<dyn CredentialStore>`, so a backend plugs in
 //! here without touching them.
 
 pub mod crypto;
 pub mod file;
+pub mod redis;
 
-use crate::types::{MerchantId, RefreshToken};
+use crate::types::{AccessToken, MerchantId, RefreshToken};
 use serde::Deserialize;
+use std::time::Duration;
 
 /// One merchant's durable credentials. Not `Serialize`: a backend writes the refresh token
 /// through `expose()` itself (`file::Record`), so no other serialization can carry it.
@@ -73,6 +77,75 @@ pub enum StoreError {
     /// An operation this backend or its configuration cannot do (`store rekey` without keys).
     #[error("credential store: {0}")]
     Unsupported(String),
+    /// Redis unreachable, slow or answering an error. Never carries the URL (it may hold a
+    /// password).
+    #[error("credential store (redis): {0}")]
+    Redis(String),
+    /// A compare-and-set kept losing to other writers; what it wanted to write was kept in
+    /// the fallback file (`store.fallback_path`).
+    #[error("credential store (redis): merchant {id} kept changing under this write; the change was kept in {kept_in}")]
+    Conflict { id: MerchantId, kept_in: String },
+}
+
+/// A change another process made, as a shared store announces it (Redis pub/sub).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// The merchant's record changed (onboarded, re-authorized, revoked): re-read it.
+    Changed(MerchantId),
+    /// The merchant was removed.
+    Removed(MerchantId),
+    /// A newer access token was shared ([`CredentialStore::shared_token`]).
+    Token(MerchantId),
+    /// Announcements may have been missed (a (re)connect): re-read everything.
+    Resync,
+}
+
+/// An access token shared between replicas: the one another replica fetched serves all.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedToken {
+    pub access_token: AccessToken,
+    /// Wall-clock expiry, unix milliseconds.
+    pub expires_at_ms: u64,
+    /// The lifetime it was issued with (its refresh window is computed from it).
+    pub lifetime_ms: u64,
+}
+
+impl std::fmt::Debug for SharedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedToken")
+            .field("access_token", &"***")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+/// A held per-merchant refresh lock. Dropping it releases the lock (for Redis: a task stops
+/// renewing it and deletes it through an owner-checked script).
+pub struct StoreLock {
+    /// Dropped with the lock: tells the renewing task (if any) to release and stop.
+    _release: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl StoreLock {
+    /// A lock that only this process needed (the file store: local single flight suffices).
+    pub fn local() -> StoreLock {
+        StoreLock { _release: None }
+    }
+
+    /// A lock released when `release` is dropped.
+    pub fn released_by(release: tokio::sync::oneshot::Sender<()>) -> StoreLock {
+        StoreLock {
+            _release: Some(release),
+        }
+    }
+}
+
+/// Unix milliseconds now (0 before 1970).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What may be shown of a stored merchant (admin listing): never its refresh token.
@@ -135,6 +208,38 @@ pub trait CredentialStore: Send + Sync {
         Err(StoreError::Unsupported(
             "this backend cannot re-encrypt its records".into(),
         ))
+    }
+    /// Shared by several replicas: while it is unreachable, a replica that loaded it once keeps
+    /// serving its cached tokens (`/readyz` says `degraded`, 200). Default: no (a local file
+    /// that cannot be read makes the replica not ready).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Changes other processes announce; `None` when the store announces nothing (a file).
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
+    }
+    /// Takes the merchant's refresh lock for `ttl` (renewed while held): `Ok(None)` when
+    /// another process holds it. The default (one process) always succeeds: the token
+    /// manager's local single flight is the only lock needed.
+    async fn lock(
+        &self,
+        _id: &MerchantId,
+        _ttl: Duration,
+    ) -> Result<Option<StoreLock>, StoreError> {
+        Ok(Some(StoreLock::local()))
+    }
+    /// The access token another process stored for the merchant, if any. Default: none.
+    async fn shared_token(&self, _id: &MerchantId) -> Result<Option<SharedToken>, StoreError> {
+        Ok(None)
+    }
+    /// Shares a new access token with the other processes. Default: nothing to share with.
+    async fn save_access_token(
+        &self,
+        _id: &MerchantId,
+        _token: &SharedToken,
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
     /// Every stored merchant without its secrets, sorted by id. The default reads
     /// [`load_all`](Self::load_all); a backend that can list without reading secrets

@@ -70,6 +70,9 @@ pub struct TokenPolicy {
     pub waiter_timeout: Duration,
     /// A refresh older than this no longer blocks a new one (a stuck leader).
     pub stuck_leader_after: Duration,
+    /// The store's refresh lock (several replicas): above the token call's whole deadline,
+    /// and renewed while the refresh runs; a holder that died blocks the others this long.
+    pub store_lock_ttl: Duration,
     pub backoff: Backoff,
 }
 
@@ -80,6 +83,7 @@ impl TokenPolicy {
             refresh_before_expiry: Duration::from_secs(s.oauth.refresh_before_expiry_secs),
             waiter_timeout: token_timeout + Duration::from_secs(1),
             stuck_leader_after: token_timeout * 2 + Duration::from_secs(5),
+            store_lock_ttl: token_timeout + Duration::from_secs(1),
             backoff: Backoff::new(
                 Duration::from_millis(s.oauth.backoff_min_ms),
                 Duration::from_millis(s.oauth.backoff_max_ms),

@@ -8,8 +8,10 @@
 //! (`oauth::TokenEndpointService` in the server). Must not: hold a slot guard across `.await`,
 //! or install an access token whose rotated refresh token is not stored.
 
+use super::shared::{unix_ms, Turn};
 use super::{CachedToken, Inflight, RefreshResult, Slot, TokenError, TokenManager, Unavailable};
 use crate::oauth::{Grant, OAuthError, TokenSet};
+use crate::store::StoreError;
 use crate::tokens::{token_times, BadAnswer};
 use crate::types::{AccessToken, MerchantId, RefreshToken};
 use dashmap::mapref::one::RefMut;
@@ -53,6 +55,13 @@ impl TokenManager {
 
     /// One refresh, the steps in order.
     async fn refresh(&self, merchant: &MerchantId, cached: RefreshToken, id: u64) -> RefreshResult {
+        let seen_ms = self.seen_expiry_ms(merchant);
+        // Held (several replicas: the store's lock) until this refresh ends.
+        let _lock = match self.take_turn(merchant, seen_ms).await {
+            Ok(Turn::Refresh(lock)) => lock,
+            Ok(Turn::Use(token)) => return self.succeed(merchant, id, token),
+            Err(e) => return Err(self.fail(merchant, id, e)),
+        };
         let used = self.refresh_token_to_use(merchant, cached, id).await?;
         let issued = Instant::now();
         let answer = self.call_endpoint(Grant::RefreshToken(&used)).await;
@@ -71,9 +80,11 @@ impl TokenManager {
         if let Some(rotated) = set.refresh_token.filter(|t| *t != used) {
             self.keep_rotated(merchant, id, rotated).await?;
         }
+        let access = set.access_token.clone();
         let token = self
             .make_token(set.access_token, set.expires_in, issued)
             .map_err(|e| self.fail(merchant, id, e))?;
+        self.share(merchant, access, &token, set.expires_in).await;
         self.succeed(merchant, id, token)
     }
 
@@ -157,7 +168,10 @@ impl TokenManager {
         rotated: RefreshToken,
     ) -> Result<(), TokenError> {
         let saved = self.inner.store.rotate(merchant, &rotated).await;
-        self.count_store("save", saved.is_ok());
+        match &saved {
+            Err(StoreError::Conflict { .. }) => self.count_store_outcome("save", "fallback"),
+            other => self.count_store("save", other.is_ok()),
+        }
         if let Ok(false) = saved {
             tracing::info!("merchant was removed during its refresh; dropping it");
             self.inner.slots.remove(merchant);
@@ -191,7 +205,7 @@ impl TokenManager {
                 self.inner.policy.refresh_before_expiry,
                 fastrand::f64(),
             ),
-            expires_at: SystemTime::now() + lifetime,
+            expires_at: SystemTime::now() + lifetime.saturating_sub(issued.elapsed()),
         }))
     }
 
@@ -214,6 +228,7 @@ impl TokenManager {
         if slot.token.as_ref().is_none_or(|t| t.id < token.id) {
             slot.token = Some(token.clone());
         }
+        slot.seen_expiry_ms = slot.seen_expiry_ms.max(unix_ms(token.expires_at));
         slot.failures = 0;
         slot.backoff_until = None;
         slot.last_error = None;
@@ -221,6 +236,12 @@ impl TokenManager {
         drop(slot);
         self.schedule(token.times.background_at, token.id, merchant);
         Ok(token)
+    }
+
+    /// The expiry of the newest token the merchant's slot held (0: none).
+    pub(super) fn seen_expiry_ms(&self, merchant: &MerchantId) -> u64 {
+        let slot = self.inner.slots.get(merchant);
+        slot.map(|s| s.seen_expiry_ms).unwrap_or(0)
     }
 
     /// Records a failed refresh: the merchant backs off (jittered, growing), callers get

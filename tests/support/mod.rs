@@ -12,6 +12,7 @@
 
 pub mod fake_mollie;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 
 use fake_mollie::FakeMollie;

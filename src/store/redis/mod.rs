@@ -1,0 +1,566 @@
+//! The store of several replicas: one Redis shared by all of them (`store.backend = "redis"`).
+//!
+//! Owns: the record layout, the compare-and-set writes, the cross-replica refresh lock, and
+//! the fallback file of rotations Redis would not take.
+//! Must not: write blindly (every write is a Lua compare-and-set on the record's `version`),
+//! put a secret in a key name, a log line or an error (the URL may hold a password, so it is
+//! never shown), or hang a caller (every operation is bounded by [`OP_TIMEOUT`]).
+//!
+//! Layout, under `store.key_prefix` (`P`):
+//! - `P merchant:<id>`: a hash `{version, data}`; `data` is the record from [`encode_record`]
+//!   (refresh token, state, `updated_at`, and the current access token with its expiry).
+//! - `P merchants`: the set of merchant ids (listing without a scan).
+//! - `P version`: a counter; every write takes its new `version` from it, so a version is
+//!   never reused, even after a remove and a new authorization (no ABA).
+//! - `P lock:<id>`: the refresh lock, `SET NX PX` with a random owner, renewed and released
+//!   only by owner-checked scripts.
+//! - `P events`: pub/sub channel, `changed <id>` / `removed <id>` after a put, a revocation or
+//!   a removal, `token <id>` after a newer access token was shared
+//!   ([`CredentialStore::events`]).
+//!
+//! Every call runs on the store's own one-thread runtime (its "home"): the connection's
+//! driver task lives there, so callers on pingora's several runtimes share one connection
+//! that outlives none of them. A background task on the same runtime pushes the fallback file
+//! back into Redis, another listens on `P events` (`tasks.rs`); the record's bytes are made in
+//! `record.rs`. Not done yet: TLS (`rediss://`).
+
+mod record;
+mod tasks;
+pub use record::{decode_record, encode_record, Record};
+pub use tasks::{FALLBACK_RETRY, RESUBSCRIBE_AFTER};
+
+use super::file::FileStore;
+use super::{CredentialStore, SharedToken, StoreError, StoreEvent, StoreLock, StoredMerchant};
+use crate::types::{MerchantId, RefreshToken};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tasks::{hold_lock, listen, push_back_loop};
+use tokio::sync::{broadcast, oneshot, Notify, OnceCell};
+use tracing::Instrument;
+
+/// The most one store operation may take, connecting included.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a write re-reads and retries when another writer got there first.
+const CAS_ATTEMPTS: u32 = 5;
+
+/// `KEYS`: record, index, version counter. `ARGV`: expected version (`0`: absent), data, id.
+/// Public so that a test can run it against a real Redis.
+pub const CAS_SET_LUA: &str = r"local v = redis.call('HGET', KEYS[1], 'version') or '0'
+    if v ~= ARGV[1] then return 0 end
+    local n = redis.call('INCR', KEYS[3])
+    redis.call('HSET', KEYS[1], 'version', n, 'data', ARGV[2])
+    redis.call('SADD', KEYS[2], ARGV[3])
+    return 1";
+
+static CAS_SET: LazyLock<Script> = LazyLock::new(|| Script::new(CAS_SET_LUA));
+
+/// `KEYS`: record, index. `ARGV`: expected version, id.
+static CAS_DEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local v = redis.call('HGET', KEYS[1], 'version') or '0'
+        if v ~= ARGV[1] then return 0 end
+        redis.call('DEL', KEYS[1])
+        redis.call('SREM', KEYS[2], ARGV[2])
+        return 1",
+    )
+});
+
+/// `KEYS`: lock. `ARGV`: owner, ttl ms. Extends the lock only while this owner holds it.
+static LOCK_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+        return 0",
+    )
+});
+
+/// `KEYS`: lock. `ARGV`: owner. Deletes the lock only while this owner holds it.
+static LOCK_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('DEL', KEYS[1]) end
+        return 0",
+    )
+});
+
+fn redis_err(e: redis::RedisError) -> StoreError {
+    StoreError::Redis(e.to_string())
+}
+
+/// What a read-modify-write decides, given the current record.
+enum Change<T> {
+    Keep(T),
+    Set(Record, T),
+    Delete(T),
+}
+
+/// The connection and key names, shared with the tasks on the home runtime.
+struct Shared {
+    client: redis::Client,
+    /// Made on first use (start-up does not need Redis up), then reconnects by itself.
+    conn: OnceCell<ConnectionManager>,
+    prefix: String,
+    /// Where a rotated refresh token goes when Redis would not take it
+    /// (`store.fallback_path`); pushed back by [`push_back_loop`].
+    fallback: Arc<FileStore>,
+    /// Signalled when the fallback file gained an entry.
+    fallback_written: Notify,
+    /// What `P events` announced, for [`CredentialStore::events`].
+    events: broadcast::Sender<StoreEvent>,
+}
+
+impl Shared {
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let init = || async {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(2));
+            ConnectionManager::new_with_config(self.client.clone(), config).await
+        };
+        self.conn
+            .get_or_try_init(init)
+            .await
+            .cloned()
+            .map_err(redis_err)
+    }
+
+    fn record_key(&self, id: &MerchantId) -> String {
+        format!("{}merchant:{id}", self.prefix)
+    }
+
+    fn lock_key(&self, id: &MerchantId) -> String {
+        format!("{}lock:{id}", self.prefix)
+    }
+
+    fn events_channel(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// Tells the other replicas (`changed <id>` / `removed <id>`); a lost announcement only
+    /// delays them until their next read of the store.
+    async fn announce(&self, what: &str, id: &MerchantId) {
+        let Ok(mut c) = self.conn().await else {
+            return;
+        };
+        let sent: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(self.events_channel())
+            .arg(format!("{what} {id}"))
+            .query_async(&mut c)
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(merchant = %id, error = %e, "cannot announce a change to other replicas");
+        }
+    }
+
+    fn index_key(&self) -> String {
+        format!("{}merchants", self.prefix)
+    }
+
+    /// The record and its version (0 when absent).
+    async fn read(&self, id: &MerchantId) -> Result<(u64, Option<Record>), StoreError> {
+        let mut c = self.conn().await?;
+        let (version, data): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(self.record_key(id))
+            .arg("version")
+            .arg("data")
+            .query_async(&mut c)
+            .await
+            .map_err(redis_err)?;
+        match (version, data) {
+            (Some(v), Some(d)) => Ok((v, Some(decode_record(id, &d)?))),
+            _ => Ok((0, None)),
+        }
+    }
+
+    /// Writes (or deletes, with `None`) the record if its version is still `expected`.
+    async fn cas(
+        &self,
+        id: &MerchantId,
+        expected: u64,
+        new: Option<&Record>,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let done: i64 = match new {
+            Some(r) => CAS_SET
+                .key(self.record_key(id))
+                .key(self.index_key())
+                .key(format!("{}version", self.prefix))
+                .arg(expected)
+                .arg(encode_record(id, r))
+                .arg(id.as_str())
+                .invoke_async(&mut c)
+                .await
+                .map_err(redis_err)?,
+            None => CAS_DEL
+                .key(self.record_key(id))
+                .key(self.index_key())
+                .arg(expected)
+                .arg(id.as_str())
+                .invoke_async(&mut c)
+                .await
+                .map_err(redis_err)?,
+        };
+        Ok(done == 1)
+    }
+
+    /// Read, decide, compare-and-set; again while another writer got there first.
+    async fn modify<T>(
+        &self,
+        id: &MerchantId,
+        mut decide: impl FnMut(Option<Record>) -> Change<T>,
+    ) -> Result<T, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (version, current) = self.read(id).await?;
+            let (new, out) = match decide(current) {
+                Change::Keep(out) => return Ok(out),
+                Change::Set(r, out) => (Some(r), out),
+                Change::Delete(out) => (None, out),
+            };
+            if self.cas(id, version, new.as_ref()).await? {
+                return Ok(out);
+            }
+        }
+        Err(StoreError::Redis(format!(
+            "merchant {id}: {CAS_ATTEMPTS} writes in a row lost to other writers"
+        )))
+    }
+
+    async fn load_all(&self) -> Result<Vec<(MerchantId, StoredMerchant)>, StoreError> {
+        let mut c = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.index_key())
+            .query_async(&mut c)
+            .await
+            .map_err(redis_err)?;
+        let mut all = Vec::with_capacity(ids.len());
+        for raw in ids {
+            let Ok(id) = MerchantId::parse(&raw) else {
+                continue;
+            };
+            match self.read(&id).await {
+                Ok((_, Some(r))) => all.push((id, r.merchant)),
+                Ok((_, None)) => {}
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::error!(merchant = %id, error = %e, "skipping an unreadable record");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+}
+
+/// The store's own runtime thread; it ends when the store is dropped.
+struct Home {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the store: the thread's `block_on` returns and the runtime ends.
+    _stop: oneshot::Sender<()>,
+}
+
+impl Home {
+    fn start() -> Result<Home, StoreError> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("redis-store".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = handle_tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(async move {
+                            let _ = stopped.await;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        let fail = |e: String| StoreError::Redis(format!("cannot start the store's runtime: {e}"));
+        spawned.map_err(|e| fail(e.to_string()))?;
+        let handle = handle_rx.recv().map_err(|e| fail(e.to_string()))?;
+        Ok(Home {
+            handle: handle.map_err(fail)?,
+            _stop: stop,
+        })
+    }
+}
+
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    home: Home,
+}
+
+impl RedisStore {
+    /// Parses the URL and opens the fallback file; does not connect (Redis may come later).
+    pub fn open(url: &str, prefix: &str, fallback: &Path) -> Result<Arc<RedisStore>, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Redis(format!("store.redis_url does not parse: {e}")))?;
+        let shared = Arc::new(Shared {
+            client,
+            conn: OnceCell::new(),
+            prefix: prefix.to_string(),
+            fallback: FileStore::open(fallback)?,
+            fallback_written: Notify::new(),
+            events: broadcast::channel(1024).0,
+        });
+        let home = Home::start()?;
+        let span = tracing::info_span!("fallback push-back");
+        home.handle
+            .spawn(push_back_loop(shared.clone()).instrument(span));
+        let span = tracing::info_span!("store events");
+        home.handle.spawn(listen(shared.clone()).instrument(span));
+        Ok(Arc::new(RedisStore { shared, home }))
+    }
+
+    /// Runs `work` on the home runtime, bounded by [`OP_TIMEOUT`].
+    async fn run<T, F>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce(Arc<Shared>) -> F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let work = work(self.shared.clone());
+        let bounded = async move {
+            tokio::time::timeout(OP_TIMEOUT, work)
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Redis(format!("{op}: no answer in time"))))
+        };
+        self.home
+            .handle
+            .spawn(bounded)
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Redis(format!("{op}: task failed: {e}"))))
+    }
+
+    /// A rotated refresh token Redis did not take: kept in the fallback file, never dropped.
+    async fn keep_in_fallback(
+        &self,
+        id: &MerchantId,
+        token: &RefreshToken,
+        cause: StoreError,
+    ) -> StoreError {
+        let fallback = &self.shared.fallback;
+        let kept = fallback.put(id, &StoredMerchant::new(token.clone())).await;
+        let kept_in = fallback.path().display().to_string();
+        match kept {
+            Ok(()) => {
+                self.shared.fallback_written.notify_one();
+                tracing::error!(merchant = %id, error = %cause, fallback = %kept_in, "rotated refresh token not stored in Redis; kept in the fallback file");
+                StoreError::Conflict {
+                    id: id.clone(),
+                    kept_in,
+                }
+            }
+            Err(e) => {
+                tracing::error!(merchant = %id, error = %cause, fallback_error = %e, "rotated refresh token stored neither in Redis nor in the fallback file");
+                cause
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CredentialStore for Arc<RedisStore> {
+    async fn load_all(&self) -> Result<Vec<(MerchantId, StoredMerchant)>, StoreError> {
+        self.run("load", |s| async move { s.load_all().await })
+            .await
+    }
+
+    async fn get(&self, id: &MerchantId) -> Result<Option<StoredMerchant>, StoreError> {
+        let id = id.clone();
+        let read = self
+            .run("get", |s| async move { s.read(&id).await })
+            .await?;
+        Ok(read.1.map(|r| r.merchant))
+    }
+
+    async fn put(&self, id: &MerchantId, merchant: &StoredMerchant) -> Result<(), StoreError> {
+        let (id, merchant) = (id.clone(), merchant.clone());
+        self.run("put", |s| async move {
+            // A new authorization: the old access token is not carried over.
+            s.modify(&id, |_| {
+                let r = Record {
+                    merchant: merchant.clone(),
+                    access: None,
+                };
+                Change::Set(r, ())
+            })
+            .await?;
+            s.announce("changed", &id).await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotate(
+        &self,
+        id: &MerchantId,
+        refresh_token: &RefreshToken,
+    ) -> Result<bool, StoreError> {
+        let (key, token) = (id.clone(), refresh_token.clone());
+        let done = self
+            .run("rotate", |s| async move {
+                s.modify(&key, |current| match current {
+                    Some(mut r) => {
+                        r.merchant.refresh_token = token.clone();
+                        r.merchant.revoked = false;
+                        r.merchant.updated_at = super::unix_now();
+                        Change::Set(r, true)
+                    }
+                    None => Change::Keep(false),
+                })
+                .await
+            })
+            .await;
+        match done {
+            Err(e @ StoreError::Corrupt { .. }) => Err(e),
+            Err(e) => Err(self.keep_in_fallback(id, refresh_token, e).await),
+            ok => ok,
+        }
+    }
+
+    async fn mark_revoked(
+        &self,
+        id: &MerchantId,
+        refresh_token: &RefreshToken,
+    ) -> Result<(), StoreError> {
+        let (id, token) = (id.clone(), refresh_token.clone());
+        self.run("revoke", |s| async move {
+            let changed = s
+                .modify(&id, |current| match current {
+                    Some(mut r) if r.merchant.refresh_token == token && !r.merchant.revoked => {
+                        r.merchant.revoked = true;
+                        r.merchant.updated_at = super::unix_now();
+                        r.access = None;
+                        Change::Set(r, true)
+                    }
+                    _ => Change::Keep(false),
+                })
+                .await?;
+            if changed {
+                s.announce("changed", &id).await;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, id: &MerchantId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.run("remove", |s| async move {
+            let removed = s
+                .modify(&id, |current| match current {
+                    Some(_) => Change::Delete(true),
+                    None => Change::Keep(false),
+                })
+                .await?;
+            if removed {
+                s.announce("removed", &id).await;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// A `PING`.
+    async fn check(&self) -> Result<(), StoreError> {
+        self.run("check", |s| async move {
+            let mut c = s.conn().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(drop)
+                .map_err(redis_err)
+        })
+        .await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
+        Some(self.shared.events.subscribe())
+    }
+
+    async fn lock(&self, id: &MerchantId, ttl: Duration) -> Result<Option<StoreLock>, StoreError> {
+        let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let key = self.shared.lock_key(id);
+        let (k, o) = (key.clone(), owner.clone());
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let taken = self
+            .run("lock", |s| async move {
+                let mut c = s.conn().await?;
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&k)
+                    .arg(&o)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(redis_err)?;
+                Ok(set.is_some())
+            })
+            .await?;
+        if !taken {
+            return Ok(None);
+        }
+        let (release, released) = oneshot::channel();
+        let span = tracing::info_span!("refresh lock", merchant = %id);
+        let hold = hold_lock(self.shared.clone(), key, owner, ttl, released);
+        self.home.handle.spawn(hold.instrument(span));
+        Ok(Some(StoreLock::released_by(release)))
+    }
+
+    async fn shared_token(&self, id: &MerchantId) -> Result<Option<SharedToken>, StoreError> {
+        let id = id.clone();
+        let read = self
+            .run("get", |s| async move { s.read(&id).await })
+            .await?;
+        Ok(read.1.and_then(|r| r.access))
+    }
+
+    /// Kept only if it expires later than the token already shared.
+    async fn save_access_token(
+        &self,
+        id: &MerchantId,
+        token: &SharedToken,
+    ) -> Result<(), StoreError> {
+        let (id, token) = (id.clone(), token.clone());
+        self.run("share", |s| async move {
+            let shared = s
+                .modify(&id, |current| match current {
+                    Some(mut r)
+                        if r.access
+                            .as_ref()
+                            .is_none_or(|a| a.expires_at_ms < token.expires_at_ms) =>
+                    {
+                        r.access = Some(token.clone());
+                        Change::Set(r, true)
+                    }
+                    _ => Change::Keep(false),
+                })
+                .await?;
+            if shared {
+                s.announce("token", &id).await;
+            }
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,114 @@
+//! A real `redis-server` per test, on a unix socket in its own temporary directory (no port
+//! to race for), killed when dropped. `scripts/setup --test` installs it.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Redis {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl Redis {
+    /// Starts one and waits (bounded, 10 s) until it answers `PING`.
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("redis.sock");
+        let mut redis = Redis {
+            child: None,
+            dir,
+            socket,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&self.socket)
+            .args(["--unixsocketperm", "700"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run scripts/setup --test");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9 (its data is gone: tests run it without persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same socket, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// `redis+unix://` URL of this server.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut s) = UnixStream::connect(&self.socket) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Sends one command as a RESP array (arguments may hold spaces and newlines).
+    pub fn call(&self, args: &[&str]) -> String {
+        let mut line = format!("*{}\r\n", args.len());
+        for a in args {
+            line.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        let mut s = UnixStream::connect(&self.socket).expect("connect to redis");
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        s.write_all(line.as_bytes()).expect("write");
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Sends one inline command and returns the raw answer (tests only: small answers).
+    pub fn command(&self, line: &str) -> String {
+        let mut s = UnixStream::connect(&self.socket).expect("connect to redis");
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        s.write_all(format!("{line}\r\n").as_bytes())
+            .expect("write");
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
