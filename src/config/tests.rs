@@ -225,3 +225,19 @@ fn the_redis_store_is_checked_and_its_password_masked() {
     let err = parse(tls, &HashMap::new()).unwrap_err();
     assert!(err.problems[0].contains("rediss://"), "{:?}", err.problems);
 }
+
+#[test]
+fn the_redis_backend_refuses_a_key_file_it_would_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+    let toml = format!(
+        "[store]\nbackend = \"redis\"\nencryption_key_file = {:?}\n",
+        keys.display().to_string()
+    );
+    let err = parse(&toml, &HashMap::new())
+        .unwrap_err()
+        .problems
+        .join("\n");
+    assert!(err.contains("does not encrypt its records"), "{err}");
+}

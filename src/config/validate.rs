@@ -214,9 +214,19 @@ impl StoreSettings {
         if self.path.as_os_str().is_empty() {
             p.push("store.path must not be empty".into());
         }
-        if self.backend != StoreBackend::Redis {
-            return;
+        if self.backend == StoreBackend::Redis {
+            self.validate_redis(p);
         }
+        if !self.encryption_key_file.is_empty() {
+            // Parsed, not only opened: a bad line is a configuration error naming its number.
+            let path = std::path::Path::new(&self.encryption_key_file);
+            if let Err(e) = crate::store::crypto::Keyring::load(path) {
+                p.push(e.to_string());
+            }
+        }
+    }
+
+    fn validate_redis(&self, p: &mut Problems) {
         match url::Url::parse(&self.redis_url) {
             Ok(u) if ["redis", "redis+unix", "unix"].contains(&u.scheme()) => {}
             Ok(u) if u.scheme() == "rediss" => p.push(
@@ -232,11 +242,13 @@ impl StoreSettings {
             p.push("store.fallback_path must not be empty with the redis backend".into());
         }
         if !self.encryption_key_file.is_empty() {
-            // Parsed, not only opened: a bad line is a configuration error naming its number.
-            let path = std::path::Path::new(&self.encryption_key_file);
-            if let Err(e) = crate::store::crypto::Keyring::load(path) {
-                p.push(e.to_string());
-            }
+            // Refused rather than ignored: nobody may believe Redis holds sealed records.
+            p.push(
+                "store.encryption_key_file: the redis backend does not encrypt its records in \
+                 this version yet; leave it empty with store.backend = \"redis\", or use the \
+                 file backend"
+                    .into(),
+            );
         }
     }
 }
