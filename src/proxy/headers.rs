@@ -96,6 +96,8 @@ pub fn rewrite_upstream_headers(
         // Chunked wins over any Content-Length (RFC 9112 §6.3): re-framed as chunked below.
         req.remove_header(&TRANSFER_ENCODING);
         req.remove_header(&CONTENT_LENGTH);
+    } else {
+        collapse_content_length(req)?;
     }
     if has_body && !req.headers.contains_key(CONTENT_LENGTH) {
         req.insert_header(TRANSFER_ENCODING, "chunked")?;
@@ -181,13 +183,49 @@ pub fn is_ruby_sdk(req: &RequestHeader) -> bool {
         .is_some_and(|ua| memchr::memmem::find(ua.as_bytes(), b" Ruby/").is_some())
 }
 
-/// The request's `Content-Length`, when it has one valid value (pingora rejects requests whose
-/// values differ before they get here).
+/// The request's `Content-Length` as pingora frames its body by: every value, in repeated
+/// headers and comma lists (`5, 5`), the same digits (pingora refuses requests whose values
+/// differ or are not digits before they get here). `None` without one.
 pub fn content_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    let mut length = None;
+    for value in req.headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n = std::str::from_utf8(digits).ok()?.parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+/// A `Content-Length` the caller repeated (`5, 5`, or two identical lines, which pingora
+/// accepts), sent upstream as the one value it framed the body by: servers such as nginx
+/// refuse the repetition.
+fn collapse_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(CONTENT_LENGTH).iter();
+    let repeated = match (values.next(), values.next()) {
+        (Some(one), None) => one.as_bytes().contains(&b','),
+        (Some(_), Some(_)) => true,
+        _ => false,
+    };
+    if repeated {
+        match content_length(req) {
+            Some(n) => req.insert_header(CONTENT_LENGTH, n)?,
+            None => {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "an ambiguous Content-Length",
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The caller asked for `100 Continue` before sending its body.
@@ -261,6 +299,30 @@ mod tests {
         rewrite_upstream_headers(&mut post, &name, &bearer, &host, true).unwrap();
         assert!(!post.headers.contains_key(TRANSFER_ENCODING));
         assert_eq!(post.headers["content-length"], "2");
+    }
+
+    #[test]
+    fn a_repeated_content_length_is_read_as_pingora_frames_it_and_sent_once() {
+        // Found by the upstream_head fuzz target: pingora accepts `5, 5` and identical repeated
+        // lines; the gateway read no length (no size limit, no body defaults) and sent both.
+        let name = HeaderName::from_static("x-merchant-id");
+        let bearer = HeaderValue::from_static("Bearer a");
+        let host = HeaderValue::from_static("h");
+        for values in [&["5, 5"][..], &["5", "5"], &["5 ,5", "05"]] {
+            let mut req = header(&[]);
+            for v in values {
+                req.append_header("content-length", *v).unwrap();
+            }
+            assert_eq!(content_length(&req), Some(5), "{values:?}");
+            rewrite_upstream_headers(&mut req, &name, &bearer, &host, true).unwrap();
+            let sent: Vec<_> = req.headers.get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(sent, ["5"], "{values:?}");
+            assert!(!req.headers.contains_key(TRANSFER_ENCODING));
+        }
+        for bad in ["+5", "5, 6", "5,", "0x5", "-1", "18446744073709551616"] {
+            let req = header(&[("content-length", bad)]);
+            assert_eq!(content_length(&req), None, "{bad}");
+        }
     }
 
     fn target(method: &str, raw: &[u8]) -> RequestHeader {
