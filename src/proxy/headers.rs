@@ -2,16 +2,16 @@
 //! `benches/hot_path.rs` measures exactly what a request does.
 //!
 //! Upstream requests: the merchant header goes, the merchant's `Authorization` and the
-//! upstream's `Host` come, hop-by-hop headers (RFC 9110 §7.6.1) and `Expect` are dropped (the
-//! gateway answers `100 Continue` itself), and the framing is made explicit for HTTP/1.1.
+//! upstream's `Host` come, hop-by-hop headers (RFC 9110 §7.6.1), every `Proxy-*` header and
+//! `Expect` are dropped (the gateway answers `100 Continue` itself), and the framing is made
+//! explicit for HTTP/1.1 (one `Content-Length`, or `Transfer-Encoding: chunked`).
 //! Responses: hop-by-hop headers are dropped; the caller's framing is pingora's business.
 //! Also here: which request targets are forwarded at all ([`check_target`]) and the request
 //! id ([`request_id`]).
 
 use crate::error::GatewayError;
 use http::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderName, HeaderValue, Method, Uri, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -47,6 +47,17 @@ fn connection_named(headers: &http::HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Every `Proxy-*` header: meant for a proxy on the caller's (or Mollie's) side, its
+/// credentials included, never forwarded (`Proxy-Authorization`, `Proxy-Authenticate`, …).
+/// Allocates nothing when there is none.
+fn proxy_named(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect()
+}
+
 /// The rewrite every upstream request gets, on every attempt (see the module text).
 /// `has_body`: the caller's request has a body (decides the upstream framing).
 pub fn rewrite_upstream_headers(
@@ -67,10 +78,13 @@ pub fn rewrite_upstream_headers(
             req.remove_header(name);
         }
     }
-    for name in [&PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION, &UPGRADE, &EXPECT] {
+    for name in [&UPGRADE, &EXPECT] {
         if req.headers.contains_key(name) {
             req.remove_header(name);
         }
+    }
+    for name in proxy_named(&req.headers) {
+        req.remove_header(&name);
     }
     req.remove_header(merchant_header);
     req.insert_header(AUTHORIZATION, bearer.clone())?;
@@ -105,7 +119,8 @@ pub fn rewrite_upstream_headers(
     Ok(())
 }
 
-/// Drops the hop-by-hop headers of an upstream response (and those its `Connection` names).
+/// Drops the hop-by-hop headers of an upstream response (and those its `Connection` names),
+/// and every `Proxy-*` header.
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.headers.contains_key(CONNECTION) {
         for name in connection_named(&resp.headers) {
@@ -117,6 +132,9 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
         if resp.headers.contains_key(name) {
             resp.remove_header(name);
         }
+    }
+    for name in proxy_named(&resp.headers) {
+        resp.remove_header(&name);
     }
     // The gateway never asks for an upgrade (it drops the caller's `Upgrade`), so no response
     // it forwards switches protocols.
@@ -325,6 +343,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn no_proxy_header_goes_upstream() {
+        // Found by the upstream_head fuzz target: only three `Proxy-*` names were dropped.
+        let mut req = header(&[
+            ("proxy-authorization", "Basic eDp5"),
+            ("Proxy-Conecotnin", "keep-alive"),
+            ("proxy-authentication-info", "x"),
+            ("proxyish", "kept"),
+        ]);
+        let name = HeaderName::from_static("x-merchant-id");
+        let bearer = HeaderValue::from_static("Bearer a");
+        let host = HeaderValue::from_static("h");
+        rewrite_upstream_headers(&mut req, &name, &bearer, &host, false).unwrap();
+        let names: Vec<&str> = req.headers.keys().map(|n| n.as_str()).collect();
+        assert!(!names.iter().any(|n| n.starts_with("proxy-")), "{names:?}");
+        assert_eq!(req.headers["proxyish"], "kept");
+    }
+
     fn target(method: &str, raw: &[u8]) -> RequestHeader {
         RequestHeader::build(method, raw, None).unwrap()
     }
@@ -394,6 +430,7 @@ mod tests {
             ("x-hop-resp", "s"),
             ("keep-alive", "timeout=9"),
             ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
             ("upgrade", "foo/1"),
             ("content-length", "5"),
             ("x-request-id", "r"),
