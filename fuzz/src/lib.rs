@@ -26,12 +26,15 @@ use std::io::Cursor;
 pub type Check = fn(&[u8]);
 
 /// Every target by name: the directory of its corpus under `fuzz/corpus/`, and its check.
-pub const TARGETS: [(&str, Check); 5] = [
+pub const TARGETS: [(&str, Check); 8] = [
     ("merchant_header", merchant_header),
     ("upstream_head", upstream_head),
     ("link_rewriter", link_rewriter),
     ("body_defaults", body_defaults),
     ("config", config),
+    ("token_response", token_response),
+    ("oauth_state", oauth_state),
+    ("store_file", store_file),
 ];
 
 /// `MerchantId::parse_bytes` on any bytes: the error (or id) the rule of `types.rs` gives, and
@@ -459,4 +462,154 @@ pub fn config(data: &[u8]) {
         let _ = settings.open_gateway_warning();
         let _ = settings.oauth_setup_hint();
     }
+}
+
+/// `oauth::parse_token_response` on any status and body, then what the token manager does with
+/// a success (`tokens.rs`, `make_token`: the bearer header value, `token_times`, the expiry as
+/// wall-clock time). Input: two bytes of status (mapped to 100-599), then the body.
+///
+/// Invariants: never a panic, here or in the token manager's arithmetic; a success only for a
+/// 2xx, with a non-empty access token that fits in a header and a positive lifetime; a 5xx or
+/// 429 is `Unavailable`; `InvalidGrant` never for a 2xx; no token of a 2xx body in an error.
+pub fn token_response(data: &[u8]) {
+    use mollie_gateway::oauth::{parse_token_response, OAuthError};
+    use std::time::{Duration, SystemTime};
+    use tokio::time::Instant;
+    let Some((status, body)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let status = 100 + u16::from_be_bytes(*status) % 500;
+    let success = (200..300).contains(&status);
+    match parse_token_response(status, body) {
+        Ok(set) => {
+            assert!(success, "a token from a {status}");
+            let access = set.access_token.expose();
+            assert!(!access.is_empty());
+            assert!(
+                access.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+                "{access:?}"
+            );
+            assert!(HeaderValue::try_from(format!("Bearer {access}")).is_ok());
+            assert!(set.refresh_token.as_ref().is_none_or(|r| !r.is_empty()));
+            assert!(set.expires_in > Duration::ZERO);
+            // What `TokenManager::make_token` computes from the answer.
+            let now = Instant::now();
+            assert!(
+                now.checked_add(set.expires_in).is_some()
+                    && SystemTime::now().checked_add(set.expires_in).is_some(),
+                "expires_in {:?} overflows the token manager's clock arithmetic",
+                set.expires_in
+            );
+            let window = Duration::from_secs(300);
+            let times = mollie_gateway::tokens::token_times(now, set.expires_in, window, 0.5);
+            assert!(times.usable_until > now);
+        }
+        Err(e) => {
+            if status >= 500 || status == 429 {
+                assert!(matches!(e, OAuthError::Unavailable(_)), "{status}: {e:?}");
+            }
+            if success {
+                assert!(!matches!(e, OAuthError::InvalidGrant(_)), "{e:?}");
+                let text = e.to_string();
+                if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(body) {
+                    for key in ["access_token", "refresh_token"] {
+                        if let Some(t) = o.get(key).and_then(|v| v.as_str()) {
+                            assert!(t.len() < 4 || !text.contains(t), "{key} in {text:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The OAuth `state` (`onboarding::StateBook`): with bit 0 of the first byte clear, the rest
+/// as a state someone sent (never accepted: it is not signed with our key); set, the next
+/// byte is the length of a merchant id taken from the input, a genuine state is issued for it,
+/// verified, expired, and changed at the positions (and to the ASCII bytes) the remaining
+/// byte pairs say: any change is refused, and a state redeems once only.
+pub fn oauth_state(data: &[u8]) {
+    use mollie_gateway::onboarding::{StateBook, StateError, STATE_TTL_SECS};
+    const NOW: u64 = 1_700_000_000;
+    let Some((&control, rest)) = data.split_first() else {
+        return;
+    };
+    let book = StateBook::new(b"fuzz-oauth-state-secret");
+    if control & 1 == 0 {
+        let state = String::from_utf8_lossy(rest);
+        assert_eq!(
+            book.verify(&state, NOW),
+            Err(StateError::Invalid),
+            "forged state"
+        );
+        assert_eq!(book.redeem(&state, NOW), Err(StateError::Invalid));
+        return;
+    }
+    let Some((&len, rest)) = rest.split_first() else {
+        return;
+    };
+    let (id, edits) = rest.split_at(usize::from(len).min(rest.len()));
+    let Ok(merchant) = MerchantId::parse_bytes(id) else {
+        return;
+    };
+    let state = book.issue(&merchant, NOW).expect("a state");
+    let (m, expires, _) = book.verify(&state, NOW).expect("our own state verifies");
+    assert_eq!((m, expires), (merchant.clone(), NOW + STATE_TTL_SECS));
+    assert_eq!(
+        book.verify(&state, NOW + STATE_TTL_SECS),
+        Err(StateError::Expired(merchant.clone()))
+    );
+    let mut changed = state.clone().into_bytes();
+    for edit in edits.chunks_exact(2) {
+        let at = usize::from(edit[0]) * changed.len() / 256;
+        changed[at] = edit[1] & 0x7f; // stays ASCII, so stays a str
+    }
+    let changed = String::from_utf8(changed).expect("ASCII");
+    for tampered in [
+        changed,
+        format!("{state}A"),
+        state[..state.len() - 1].to_string(),
+    ] {
+        if tampered != state {
+            assert_eq!(
+                book.verify(&tampered, NOW),
+                Err(StateError::Invalid),
+                "{state} changed to {tampered} still verifies"
+            );
+        }
+    }
+    assert_eq!(book.redeem(&state, NOW), Ok(merchant.clone()));
+    assert_eq!(
+        book.redeem(&state, NOW + 1),
+        Err(StateError::Replayed(merchant))
+    );
+}
+
+/// The file store loader (`store::file::FileStore::open`, then `load_all`) on any file
+/// contents: never a panic; a store that opens lists exactly the merchants of the file.
+pub fn store_file(data: &[u8]) {
+    use mollie_gateway::store::file::FileStore;
+    use mollie_gateway::store::CredentialStore;
+    let dir = std::env::temp_dir().join(format!(
+        "mollie-gateway-fuzz-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join("credentials.json");
+    std::fs::write(&path, data).expect("a temporary store file");
+    if let Ok(store) = FileStore::open(&path) {
+        let all = RUNTIME
+            .with(|rt| rt.block_on(store.load_all()))
+            .expect("an opened store lists its merchants");
+        let file: serde_json::Value = serde_json::from_slice(data).expect("it parsed as JSON");
+        let names = file["merchants"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<std::collections::BTreeSet<_>>())
+            .unwrap_or_default();
+        let ids: std::collections::BTreeSet<String> =
+            all.iter().map(|(id, _)| id.to_string()).collect();
+        assert_eq!(ids, names);
+    }
+    let _ = std::fs::remove_file(&path);
 }
