@@ -29,6 +29,10 @@ pub use http::HttpTokenEndpoint;
 
 /// A token answer larger than this is not a token answer.
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+/// The longest `expires_in` taken (a year; Mollie's tokens live an hour): a larger one is a bad
+/// answer, not a lifetime whose clock arithmetic would overflow (found by the fuzzer).
+pub const MAX_EXPIRES_IN_SECS: u64 = 365 * 24 * 3600;
+
 /// Mollie's documented lifetime, assumed when `expires_in` is missing.
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 
@@ -231,7 +235,7 @@ fn parse_success(status: u16, body: &[u8]) -> Result<TokenSet, BadResponse> {
         Some(v) => v
             .as_u64()
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .filter(|s| *s > 0)
+            .filter(|s| (1..=MAX_EXPIRES_IN_SECS).contains(s))
             .map(Duration::from_secs)
             .ok_or(BadResponse::ExpiresInNotPositive)?,
     };
@@ -333,7 +337,15 @@ mod tests {
     fn bad_answers_are_classified() {
         use OAuthError::*;
         type Case = (u16, &'static [u8], fn(&OAuthError) -> bool);
-        let cases: [Case; 9] = [
+        let cases: [Case; 11] = [
+            (
+                200,
+                br#"{"access_token":"a","expires_in":"00012475941756269203002"}"#,
+                |e| matches!(e, BadResponse(_)),
+            ),
+            (200, br#"{"access_token":"a","expires_in":31536001}"#, |e| {
+                matches!(e, BadResponse(_))
+            }),
             (200, b"<html>oops</html>", |e| matches!(e, BadResponse(_))),
             (200, br#"{"token_type":"bearer"}"#, |e| {
                 matches!(e, BadResponse(_))

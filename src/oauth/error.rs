@@ -104,7 +104,7 @@ pub enum BadResponse {
     NoAccessToken,
     #[error("access_token has characters that cannot go in a header")]
     AccessTokenNotHeaderSafe,
-    #[error("expires_in is not a positive number")]
+    #[error("expires_in is not a positive number of seconds up to a year")]
     ExpiresInNotPositive,
     /// A 4xx answer whose body is not an RFC 6749 error.
     #[error("status {0} with a body that is not RFC 6749 JSON")]

@@ -2,16 +2,16 @@
 //! `benches/hot_path.rs` measures exactly what a request does.
 //!
 //! Upstream requests: the merchant header goes, the merchant's `Authorization` and the
-//! upstream's `Host` come, hop-by-hop headers (RFC 9110 §7.6.1) and `Expect` are dropped (the
-//! gateway answers `100 Continue` itself), and the framing is made explicit for HTTP/1.1.
+//! upstream's `Host` come, hop-by-hop headers (RFC 9110 §7.6.1), every `Proxy-*` header and
+//! `Expect` are dropped (the gateway answers `100 Continue` itself), and the framing is made
+//! explicit for HTTP/1.1 (one `Content-Length`, or `Transfer-Encoding: chunked`).
 //! Responses: hop-by-hop headers are dropped; the caller's framing is pingora's business.
 //! Also here: which request targets are forwarded at all ([`check_target`]) and the request
 //! id ([`request_id`]).
 
 use crate::error::GatewayError;
 use http::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderName, HeaderValue, Method, Uri, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -38,11 +38,11 @@ fn connection_named(headers: &http::HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        // Bytes, not `to_str`: a value with one non-ASCII byte still names its other headers.
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .filter(|n| *n != CONTENT_LENGTH && *n != TRANSFER_ENCODING && *n != HOST)
         .collect()
 }
@@ -84,6 +84,20 @@ fn drop_hop_by_hop(head: &mut impl Head) {
             head.remove(name);
         }
     }
+    for name in proxy_named(head.headers()) {
+        head.remove(name.as_str());
+    }
+}
+
+/// Every `Proxy-*` header: meant for a proxy on the caller's (or Mollie's) side, its
+/// credentials included, never forwarded (`Proxy-Authorization`, `Proxy-Authenticate`, …).
+/// Allocates nothing when there is none.
+fn proxy_named(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect()
 }
 
 /// The rewrite every upstream request gets, on every attempt (see the module text).
@@ -96,7 +110,7 @@ pub fn rewrite_upstream_headers(
     has_body: bool,
 ) -> Result<()> {
     drop_hop_by_hop(req);
-    for name in [&PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION, &UPGRADE, &EXPECT] {
+    for name in [&UPGRADE, &EXPECT] {
         if req.headers.contains_key(name) {
             req.remove_header(name);
         }
@@ -125,6 +139,8 @@ pub fn rewrite_upstream_headers(
         // Chunked wins over any Content-Length (RFC 9112 §6.3): re-framed as chunked below.
         req.remove_header(&TRANSFER_ENCODING);
         req.remove_header(&CONTENT_LENGTH);
+    } else {
+        collapse_content_length(req)?;
     }
     if has_body && !req.headers.contains_key(CONTENT_LENGTH) {
         req.insert_header(TRANSFER_ENCODING, "chunked")?;
@@ -132,7 +148,8 @@ pub fn rewrite_upstream_headers(
     Ok(())
 }
 
-/// Drops the hop-by-hop headers of an upstream response (and those its `Connection` names).
+/// Drops the hop-by-hop headers of an upstream response (and those its `Connection` names),
+/// and every `Proxy-*` header.
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     drop_hop_by_hop(resp);
     // The gateway never asks for an upgrade (it drops the caller's `Upgrade`), so no response
@@ -200,13 +217,49 @@ pub fn is_ruby_sdk(req: &RequestHeader) -> bool {
         .is_some_and(|ua| memchr::memmem::find(ua.as_bytes(), b" Ruby/").is_some())
 }
 
-/// The request's `Content-Length`, when it has one valid value (pingora rejects requests whose
-/// values differ before they get here).
+/// The request's `Content-Length` as pingora frames its body by: every value, in repeated
+/// headers and comma lists (`5, 5`), the same digits (pingora refuses requests whose values
+/// differ or are not digits before they get here). `None` without one.
 pub fn content_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    let mut length = None;
+    for value in req.headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n = std::str::from_utf8(digits).ok()?.parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+/// A `Content-Length` the caller repeated (`5, 5`, or two identical lines, which pingora
+/// accepts), sent upstream as the one value it framed the body by: servers such as nginx
+/// refuse the repetition.
+fn collapse_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(CONTENT_LENGTH).iter();
+    let repeated = match (values.next(), values.next()) {
+        (Some(one), None) => one.as_bytes().contains(&b','),
+        (Some(_), Some(_)) => true,
+        _ => false,
+    };
+    if repeated {
+        match content_length(req) {
+            Some(n) => req.insert_header(CONTENT_LENGTH, n)?,
+            None => {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "an ambiguous Content-Length",
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The caller asked for `100 Continue` before sending its body.
@@ -282,6 +335,62 @@ mod tests {
         assert_eq!(post.headers["content-length"], "2");
     }
 
+    #[test]
+    fn a_repeated_content_length_is_read_as_pingora_frames_it_and_sent_once() {
+        // Found by the upstream_head fuzz target: pingora accepts `5, 5` and identical repeated
+        // lines; the gateway read no length (no size limit, no body defaults) and sent both.
+        let name = HeaderName::from_static("x-merchant-id");
+        let bearer = HeaderValue::from_static("Bearer a");
+        let host = HeaderValue::from_static("h");
+        for values in [&["5, 5"][..], &["5", "5"], &["5 ,5", "05"]] {
+            let mut req = header(&[]);
+            for v in values {
+                req.append_header("content-length", *v).unwrap();
+            }
+            assert_eq!(content_length(&req), Some(5), "{values:?}");
+            rewrite_upstream_headers(&mut req, &name, &bearer, &host, true).unwrap();
+            let sent: Vec<_> = req.headers.get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(sent, ["5"], "{values:?}");
+            assert!(!req.headers.contains_key(TRANSFER_ENCODING));
+        }
+        for bad in ["+5", "5, 6", "5,", "0x5", "-1", "18446744073709551616"] {
+            let req = header(&[("content-length", bad)]);
+            assert_eq!(content_length(&req), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_proxy_header_goes_upstream() {
+        // Found by the upstream_head fuzz target: only three `Proxy-*` names were dropped.
+        let mut req = header(&[
+            ("proxy-authorization", "Basic eDp5"),
+            ("Proxy-Conecotnin", "keep-alive"),
+            ("proxy-authentication-info", "x"),
+            ("proxyish", "kept"),
+        ]);
+        let name = HeaderName::from_static("x-merchant-id");
+        let bearer = HeaderValue::from_static("Bearer a");
+        let host = HeaderValue::from_static("h");
+        rewrite_upstream_headers(&mut req, &name, &bearer, &host, false).unwrap();
+        let names: Vec<&str> = req.headers.keys().map(|n| n.as_str()).collect();
+        assert!(!names.iter().any(|n| n.starts_with("proxy-")), "{names:?}");
+        assert_eq!(req.headers["proxyish"], "kept");
+    }
+
+    #[test]
+    fn connection_names_count_in_a_value_with_a_non_ascii_byte() {
+        // Found by the upstream_head fuzz target: such a value was skipped whole.
+        let mut req = header(&[("x-hop", "1")]);
+        let value = HeaderValue::from_bytes(b"close, \xff\xbd, X-Hop").unwrap();
+        req.append_header("connection", value).unwrap();
+        let name = HeaderName::from_static("x-merchant-id");
+        let bearer = HeaderValue::from_static("Bearer a");
+        let host = HeaderValue::from_static("h");
+        rewrite_upstream_headers(&mut req, &name, &bearer, &host, false).unwrap();
+        assert!(!req.headers.contains_key("x-hop"));
+        assert!(!req.headers.contains_key(CONNECTION));
+    }
+
     fn target(method: &str, raw: &[u8]) -> RequestHeader {
         RequestHeader::build(method, raw, None).unwrap()
     }
@@ -351,6 +460,7 @@ mod tests {
             ("x-hop-resp", "s"),
             ("keep-alive", "timeout=9"),
             ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
             ("upgrade", "foo/1"),
             ("content-length", "5"),
             ("x-request-id", "r"),
