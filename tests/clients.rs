@@ -81,6 +81,19 @@ async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> (u16, String
     (status, code, resp.text().await.unwrap())
 }
 
+/// The `/readyz` answer as JSON.
+async fn readyz(gw: &Gateway) -> serde_json::Value {
+    let url = format!("{}/readyz", gw.admin_url());
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
@@ -320,14 +333,7 @@ async fn require_client_keys_refuses_to_start_an_open_gateway() {
     // An open gateway is ready, and says it is open.
     let mut open = GatewayBuilder::new(&fake).prepare();
     open.spawn();
-    let ready: serde_json::Value = client()
-        .get(format!("{}/readyz", open.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = readyz(&open).await;
     assert_eq!(ready["status"], "ready");
     assert!(ready["warning"].as_str().unwrap().contains("no [clients]"));
     let note = String::from_utf8_lossy(&out.stderr);
@@ -338,14 +344,7 @@ async fn require_client_keys_refuses_to_start_an_open_gateway() {
 async fn readyz_has_no_open_warning_with_clients() {
     let fake = FakeMollie::start().await;
     let (gw, _keys) = gateway_with_clients(&fake).await;
-    let ready: serde_json::Value = client()
-        .get(format!("{}/readyz", gw.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = readyz(&gw).await;
     assert_eq!(ready["status"], "ready");
     assert!(ready.get("warning").is_none(), "{ready}");
 }
