@@ -63,6 +63,9 @@ pub enum GatewayError {
     RequestTimeout(u64),
     #[error("the request body is larger than the gateway's limit of {0} bytes")]
     BodyTooLarge(u64),
+    /// The request head is over pingora's limits (1 MiB, 256 header lines).
+    #[error("the request head is too large ({0})")]
+    HeaderTooLarge(String),
     #[error("the gateway has {0} open connections, its limit; retry on a new connection")]
     Overloaded(usize),
     #[error("internal error ({0})")]
@@ -76,6 +79,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RequestTimeout(_) => 408,
             GatewayError::BodyTooLarge(_) => 413,
+            GatewayError::HeaderTooLarge(_) => 431,
             GatewayError::Internal(_) => 500,
             GatewayError::UnknownMerchant(_)
             | GatewayError::AuthorizationRevoked(_)
@@ -107,6 +111,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::MethodNotAllowed(_) => "bad_request",
             GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::BodyTooLarge(_) => "body_too_large",
+            GatewayError::HeaderTooLarge(_) => "header_too_large",
             GatewayError::Overloaded(_) => "overloaded",
             GatewayError::Internal(_) => "internal_error",
         }
@@ -224,6 +229,7 @@ pub fn title(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Request Entity Too Large",
+        431 => "Request Header Fields Too Large",
         422 => "Unprocessable Entity",
         502 => "Bad Gateway",
         503 => "Service Unavailable",

@@ -218,7 +218,7 @@ impl Gateway {
     /// The steps of one request (see the module text); true when its response was written
     /// completely.
     async fn serve(&self, s: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
-        if let Err(e) = self.check_head(s.req_header()) {
+        if let Err(e) = self.check_head(s) {
             return self.respond(s, ctx, e).await;
         }
         let caller = caller::identify(
@@ -265,9 +265,13 @@ impl Gateway {
     }
 
     /// What the gateway refuses before looking at the merchant: a target that is not
-    /// origin-form (or absolute-form, normalised later), a body above the limit.
-    fn check_head(&self, req: &RequestHeader) -> Result<(), GatewayError> {
+    /// origin-form (or absolute-form, normalised later), ambiguous framing
+    /// ([`headers::check_framing`]), a body above the limit.
+    fn check_head(&self, s: &ServerSession) -> Result<(), GatewayError> {
+        let req = s.req_header();
         headers::check_target(req)?;
+        let raw = s.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        headers::check_framing(req, raw.as_deref())?;
         match headers::content_length(req) {
             Some(n) if n > self.max_body_bytes => {
                 Err(GatewayError::BodyTooLarge(self.max_body_bytes))
@@ -619,14 +623,14 @@ impl Gateway {
             tracing::debug!(error = %e, "cannot read a request; caller gone");
             return;
         }
-        let error = GatewayError::BadRequest("the request head is malformed".to_string());
+        let error = head_error(&e);
         let (header, body) = error.response(None);
-        self.metrics.observe_request(400);
+        self.metrics.observe_request(error.status());
         self.metrics
             .gateway_errors
             .with_label_values(&[error.code()])
             .inc();
-        tracing::info!(target: "access", method = "-", path = "-", status = 400u16, error = error.code());
+        tracing::info!(target: "access", method = "-", path = "-", status = error.status(), error = error.code());
         s.set_keepalive(None);
         if s.write_response_header(Box::new(header)).await.is_ok() {
             let _ = s.write_response_body(body, true).await;
@@ -644,6 +648,29 @@ impl Gateway {
         notified.await;
     }
 }
+
+/// The answer to a request head pingora refused: 431 `header_too_large` for one over its
+/// limits (1 MiB, [`MAX_HEADER_LINES`] lines), else 400 `bad_request`.
+fn head_error(e: &Error) -> GatewayError {
+    let too_many = e
+        .cause
+        .as_ref()
+        .and_then(|c| c.downcast_ref::<httparse::Error>())
+        .is_some_and(|c| *c == httparse::Error::TooManyHeaders);
+    // pingora's only words for a head over 1 MiB (pingora-core `read_request`).
+    let too_long = e
+        .context
+        .as_ref()
+        .is_some_and(|c| c.as_str().starts_with("Request header larger than"));
+    match (too_many, too_long) {
+        (true, _) => GatewayError::HeaderTooLarge(format!("over {MAX_HEADER_LINES} lines")),
+        (_, true) => GatewayError::HeaderTooLarge("over 1 MiB".into()),
+        _ => GatewayError::BadRequest("the request head is malformed".into()),
+    }
+}
+
+/// pingora's limit of header lines in a request head (`MAX_HEADERS`, not public).
+const MAX_HEADER_LINES: usize = 256;
 
 /// pingora's HTTP/2 server hands each stream here ([`ProxyListener`] serves HTTP/1 itself).
 #[async_trait]

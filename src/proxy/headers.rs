@@ -181,6 +181,49 @@ pub fn check_target(req: &RequestHeader) -> Result<(), GatewayError> {
     }
 }
 
+/// The request's framing as the gateway accepts it (RFC 9112 §6), beyond what pingora checks
+/// (differing `Content-Length`s, a final coding other than `chunked`, `Transfer-Encoding` in
+/// HTTP/1.0): `Transfer-Encoding` only as the one coding `chunked` (`gzip, chunked` or
+/// `chunked, chunked` would reach the upstream with a coding removed), never together with
+/// `Content-Length`, and no line of the head ended by a bare LF (a proxy in front that does
+/// not split there would read other headers than the gateway). `raw_head`: the HTTP/1 head
+/// as received (pingora drops a `Content-Length` it overrides by `Transfer-Encoding`).
+pub fn check_framing(req: &RequestHeader, raw_head: Option<&[u8]>) -> Result<(), GatewayError> {
+    let mut codings = req
+        .headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    if let Some(first) = codings.next() {
+        if !first.trim_ascii().eq_ignore_ascii_case(b"chunked") || codings.next().is_some() {
+            return Err(GatewayError::BadRequest(
+                "a Transfer-Encoding other than `chunked` alone".into(),
+            ));
+        }
+    }
+    let Some(raw) = raw_head else {
+        return Ok(());
+    };
+    if memchr::memchr_iter(b'\n', raw).any(|i| i == 0 || raw[i - 1] != b'\r') {
+        return Err(GatewayError::BadRequest(
+            "a line of the request head ends in a bare LF".into(),
+        ));
+    }
+    let named = |name: &[u8]| {
+        raw.split(|b| *b == b'\n').skip(1).any(|line| {
+            line.len() > name.len()
+                && line[name.len()] == b':'
+                && line[..name.len()].eq_ignore_ascii_case(name)
+        })
+    };
+    if named(b"content-length") && named(b"transfer-encoding") {
+        return Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// `scheme://…` with an RFC 3986 scheme.
 fn is_absolute_form(raw: &[u8]) -> bool {
     let Some(end) = memchr::memmem::find(raw, b"://") else {
@@ -389,6 +432,49 @@ mod tests {
         rewrite_upstream_headers(&mut req, &name, &bearer, &host, false).unwrap();
         assert!(!req.headers.contains_key("x-hop"));
         assert!(!req.headers.contains_key(CONNECTION));
+    }
+
+    #[test]
+    fn only_chunked_alone_and_never_with_content_length_or_bare_lf() {
+        for ok in [&["chunked"][..], &["Chunked"], &[" chunked\t"]] {
+            let req = header(
+                &ok.iter()
+                    .map(|v| ("transfer-encoding", *v))
+                    .collect::<Vec<_>>(),
+            );
+            assert_eq!(check_framing(&req, None), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            &["gzip, chunked"][..],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["chunked,"],
+            &["identity"],
+        ] {
+            let req = header(
+                &bad.iter()
+                    .map(|v| ("transfer-encoding", *v))
+                    .collect::<Vec<_>>(),
+            );
+            assert_eq!(
+                check_framing(&req, None).unwrap_err().status(),
+                400,
+                "{bad:?}"
+            );
+        }
+        let req = header(&[]);
+        let raw = |head: &str| check_framing(&req, Some(head.as_bytes())).map_err(|e| e.status());
+        assert_eq!(raw("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Ok(()));
+        assert_eq!(
+            raw("POST / HTTP/1.1\r\nX-Transfer-Encoding: a\r\ncontent-length: 5\r\n\r\n"),
+            Ok(())
+        );
+        assert_eq!(
+            raw("POST / HTTP/1.1\r\ncontent-length: 5\r\nTRANSFER-ENCODING: chunked\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(raw("POST / HTTP/1.1\nHost: h\r\n\r\n"), Err(400));
+        assert_eq!(raw("POST / HTTP/1.1\r\nHost: h\n\r\n"), Err(400));
     }
 
     fn target(method: &str, raw: &[u8]) -> RequestHeader {

@@ -109,6 +109,8 @@ pub enum Reply {
     Close,
     /// These bytes, as they are; kept alive.
     Raw(Vec<u8>),
+    /// These bytes, then the connection closed (e.g. a response broken off mid-body).
+    Cut(Vec<u8>),
 }
 
 impl Reply {
@@ -316,6 +318,10 @@ async fn serve(stream: TcpStream, n: usize, conns: Conns, script: Script) {
                 wr.write_all(&echo(&req, n, index)).await.is_ok()
             }
             Reply::Raw(bytes) => wr.write_all(&bytes).await.is_ok(),
+            Reply::Cut(bytes) => {
+                let _ = wr.write_all(&bytes).await;
+                false
+            }
             Reply::Parts(parts, gap) => {
                 let mut ok = true;
                 for (i, part) in parts.iter().enumerate() {

@@ -1,0 +1,306 @@
+//! The protocol abuse suite (issue 13, point 2): real listeners of the gateway (a child
+//! process), raw-socket callers ([`Caller`]) and an upstream that records and strictly parses
+//! every byte ([`RawUpstream`]). Each abuse is answered with a clear Mollie-shaped status or
+//! bounded, and the upstream never receives a byte the gateway did not frame: after each case
+//! it holds nothing new, or exactly one well-formed request.
+//!
+//! Run: `cargo test --test abuse`. The cases of the issue tested elsewhere:
+//! - bad chunk sizes (non-hex, negative, 21 hex digits, LF-only lines), a chunk-size line split
+//!   across reads, trailers, absolute-form, `CONNECT`, `TRACE` and `*` targets, a never-ending
+//!   response: `tests/proxy_exchange.rs`;
+//! - slow headers (408 while other callers are served, 50 slowloris connections), the
+//!   connection cap, `Content-Length` or a chunked body above `server.max_body_bytes` (413),
+//!   keep-alive after the gateway's own errors: `tests/proxy_limits.rs`;
+//! - an unparsable request line: `tests/proxy_wire.rs`; `Content-Length: 5, 5`, every `Proxy-*`
+//!   header, a `Connection` value with a non-ASCII byte: unit cases in `src/proxy/headers.rs`
+//!   and the fuzz corpora (`tests/fuzz_corpus.rs`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::fake_mollie::FakeMollie;
+use support::raw::{gateway, get, request, Caller, RawRequest, RawResponse, RawUpstream, Reply};
+use support::Gateway;
+
+/// Bound of a step that should be quick.
+const STEP: Duration = Duration::from_secs(5);
+
+/// Short upstream read timeouts, so that a case failing on today's code fails in seconds.
+const QUICK_UPSTREAM: (&str, &str) = ("UPSTREAM__READ_TIMEOUT_MS", "1000");
+
+/// What the gateway must do with one abusive request.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// Refused with this status and `X-Gateway-Error` code; nothing reaches the upstream.
+    Refused(u16, &'static str),
+    /// Exactly one well-formed POST with this body reaches the upstream, answered 200.
+    Forwarded(&'static [u8]),
+    /// As [`Want::Forwarded`], with this request target upstream.
+    ForwardedTo(&'static str, &'static [u8]),
+}
+
+/// A POST head of m1 with `lines` (each without its CRLF) and the end of the head.
+fn post(lines: &[&str]) -> String {
+    request("POST", "/v2/payments", Some("m1"), lines)
+}
+
+/// A chunked body of `hello`.
+const HELLO_CHUNKED: &str = "5\r\nhello\r\n0\r\n\r\n";
+
+/// Every request head the upstream received, in order; none with a parse error or a stray
+/// byte after it.
+fn upstream_heads(up: &RawUpstream) -> Vec<RawRequest> {
+    let conns = up.conns();
+    for c in &conns {
+        assert!(
+            c.parse_error.is_none() && c.stray().is_empty(),
+            "bytes upstream the gateway did not frame: {:?}",
+            String::from_utf8_lossy(&c.bytes)
+        );
+    }
+    conns.iter().flat_map(|c| c.heads().cloned()).collect()
+}
+
+/// Checks `cond`, else returns the error `format!`s.
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+/// Sends `bytes` on a new connection and checks the answer and the upstream against `want`.
+async fn case(gw: &Gateway, up: &RawUpstream, bytes: &[u8], want: Want) -> Result<(), String> {
+    let before = upstream_heads(up).len();
+    let mut caller = Caller::connect(&gw.listen).await;
+    let _ = caller.send(bytes).await; // the gateway may close before reading it all
+    let resp = caller.try_response(false, STEP).await?;
+    tokio::time::sleep(Duration::from_millis(150)).await; // anything sent upstream meanwhile
+    let heads = upstream_heads(up);
+    let new = &heads[before..];
+    match want {
+        Want::Refused(status, code) => {
+            let got = (resp.status, resp.header("x-gateway-error"));
+            check!(got == (status, Some(code)), "answered {resp:?}");
+            check!(resp.json()["status"] == status, "{resp:?}");
+            check!(new.is_empty(), "reached the upstream: {new:?}");
+        }
+        Want::Forwarded(body) => forwarded(resp, new, "/v2/payments", body)?,
+        Want::ForwardedTo(target, body) => forwarded(resp, new, target, body)?,
+    }
+    Ok(())
+}
+
+/// The gateway answered `resp` (the upstream's echo) and `new` reached the upstream: one
+/// complete, well-framed POST of `body` to `target`.
+fn forwarded(
+    resp: RawResponse,
+    new: &[RawRequest],
+    target: &str,
+    body: &[u8],
+) -> Result<(), String> {
+    check!(resp.status == 200, "answered {resp:?}");
+    check!(new.len() == 1, "upstream got {new:?}");
+    let req = &new[0];
+    let got = (
+        req.method.as_str(),
+        req.target.as_str(),
+        req.body.as_slice(),
+    );
+    check!(
+        req.complete && got == ("POST", target, body),
+        "upstream got {req:?}"
+    );
+    let (cl, te) = (
+        req.header_values("content-length"),
+        req.header_values("transfer-encoding"),
+    );
+    check!(
+        (cl.len() == 1 && te.is_empty()) || (cl.is_empty() && te == ["chunked"]),
+        "framing upstream: {cl:?} {te:?}"
+    );
+    Ok(())
+}
+
+/// Runs every case against one gateway; fails with every case that went wrong.
+async fn run_cases(cases: &[(&str, String, Want)]) {
+    let fake = FakeMollie::start().await;
+    let up = RawUpstream::echo().await;
+    let gw = gateway(&fake, &up, &[QUICK_UPSTREAM]);
+    let mut failed = Vec::new();
+    for (name, bytes, want) in cases {
+        let started = Instant::now();
+        if let Err(e) = case(&gw, &up, bytes.as_bytes(), *want).await {
+            failed.push(format!("{name} (want {want:?}): {e}"));
+        }
+        assert!(
+            started.elapsed() < STEP,
+            "{name} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        failed.is_empty(),
+        "{} case(s) failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+// ---- framing: Content-Length and Transfer-Encoding ----------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_abuse() {
+    use Want::*;
+    let bad = Refused(400, "bad_request");
+    run_cases(&[
+        (
+            "CL + TE",
+            post(&["Content-Length: 5", "Transfer-Encoding: chunked"]) + HELLO_CHUNKED,
+            bad,
+        ),
+        (
+            "TE + CL",
+            post(&["Transfer-Encoding: chunked", "Content-Length: 21"]) + HELLO_CHUNKED,
+            bad,
+        ),
+        (
+            "two different CLs",
+            post(&["Content-Length: 5", "Content-Length: 6"]) + "hello!",
+            bad,
+        ),
+        (
+            "two different CLs in one line",
+            post(&["Content-Length: 5, 6"]) + "hello!",
+            bad,
+        ),
+        (
+            "two equal CLs",
+            post(&["Content-Length: 5", "Content-Length: 5"]) + "hello",
+            Forwarded(b"hello"),
+        ),
+        ("a signed CL", post(&["Content-Length: +5"]) + "hello", bad),
+        ("a hex CL", post(&["Content-Length: 0x5"]) + "hello", bad),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obfuscated_transfer_encodings() {
+    use Want::*;
+    let bad = Refused(400, "bad_request");
+    let te = |value: &str| post(&[&format!("Transfer-Encoding:{value}")]) + HELLO_CHUNKED;
+    run_cases(&[
+        ("chunked", te(" chunked"), Forwarded(b"hello")),
+        ("Chunked", te(" Chunked"), Forwarded(b"hello")),
+        ("OWS around chunked", te("  chunked\t"), Forwarded(b"hello")),
+        ("chunked, identity", te(" chunked, identity"), bad),
+        ("identity", te(" identity"), bad),
+        ("xchunked", te(" xchunked"), bad),
+        ("gzip, chunked", te(" gzip, chunked"), bad),
+        ("chunked, chunked", te(" chunked, chunked"), bad),
+        (
+            "two TE lines",
+            post(&["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"]) + HELLO_CHUNKED,
+            bad,
+        ),
+        (
+            "TE in a folded line",
+            post(&["X-Fold: a", " Transfer-Encoding: chunked"]) + HELLO_CHUNKED,
+            bad,
+        ),
+        (
+            "TE value folded",
+            post(&["Transfer-Encoding: identity", " chunked"]) + HELLO_CHUNKED,
+            bad,
+        ),
+        (
+            "space before the colon",
+            post(&["Transfer-Encoding : chunked"]) + HELLO_CHUNKED,
+            bad,
+        ),
+        (
+            "a vertical tab",
+            post(&["Transfer-Encoding:\x0bchunked"]) + HELLO_CHUNKED,
+            bad,
+        ),
+        (
+            "HTTP/1.0 with TE",
+            post(&["Transfer-Encoding: chunked"]).replace("HTTP/1.1", "HTTP/1.0") + HELLO_CHUNKED,
+            bad,
+        ),
+    ])
+    .await;
+}
+
+// ---- header bytes: CR, LF, NUL, size, count ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_bytes_in_a_head() {
+    use Want::*;
+    let bad = Refused(400, "bad_request");
+    let head = "POST /v2/payments HTTP/1.1\r\nHost: gateway.test\r\n";
+    let with = |lines: &str| format!("{head}{lines}Content-Length: 5\r\n\r\nhello");
+    run_cases(&[
+        ("NUL in a value", with("X-Merchant-Id: m1\r\nX-A: a\0b\r\n"), bad),
+        ("NUL in a name", with("X-Merchant-Id: m1\r\nX\0A: b\r\n"), bad),
+        ("CR in a value", with("X-Merchant-Id: m1\r\nX-A: a\rb\r\n"), bad),
+        ("CR in a name", with("X-Merchant-Id: m1\r\nX\rA: b\r\n"), bad),
+        (
+            "CR before the colon",
+            with("X-Merchant-Id: m1\r\nX-A\r: b\r\n"),
+            bad,
+        ),
+        (
+            "a bare LF ending a header line",
+            with("X-A: a\nX-Merchant-Id: m1\r\n"),
+            bad,
+        ),
+        (
+            "a bare LF ending the request line",
+            format!(
+                "POST /v2/payments HTTP/1.1\nHost: gateway.test\r\nX-Merchant-Id: m1\r\n\
+                 Content-Length: 5\r\n\r\nhello"
+            ),
+            bad,
+        ),
+        (
+            "bare LFs only",
+            "POST /v2/payments HTTP/1.1\nHost: gateway.test\nX-Merchant-Id: m1\n\
+             Content-Length: 5\n\nhello"
+                .to_string(),
+            bad,
+        ),
+        // pingora percent-encodes bytes not allowed in a target (`escape_illegal_request_line`).
+        ("NUL in the target", format!("POST /v2/pay\0ments HTTP/1.1\r\nHost: gateway.test\r\nX-Merchant-Id: m1\r\nContent-Length: 5\r\n\r\nhello"), ForwardedTo("/v2/pay%00ments", b"hello")),
+        ("a valid control", with("X-Merchant-Id: m1\r\nX-A: a\tb\r\n"), Forwarded(b"hello")),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431() {
+    use Want::*;
+    let big = Refused(431, "header_too_large");
+    let line = format!("X-Big: {}", "a".repeat(1024 * 1024));
+    let many: Vec<String> = (0..10_000).map(|i| format!("X-H{i}: v")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let limit: Vec<String> = (0..200).map(|i| format!("X-H{i}: v")).collect();
+    let limit: Vec<&str> = limit.iter().map(String::as_str).collect();
+    run_cases(&[
+        ("a 1 MB header line", post(&[&line]), big),
+        ("10,000 headers", get_with(&many), big),
+        (
+            "200 headers",
+            post(&[&limit[..], &["Content-Length: 5"]].concat()) + "hello",
+            Forwarded(b"hello"),
+        ),
+    ])
+    .await;
+}
+
+/// A GET of m1 with `lines`.
+fn get_with(lines: &[&str]) -> String {
+    request("GET", "/v2/methods", Some("m1"), lines)
+}
