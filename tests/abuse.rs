@@ -304,3 +304,49 @@ async fn oversized_heads_get_431() {
 fn get_with(lines: &[&str]) -> String {
     request("GET", "/v2/methods", Some("m1"), lines)
 }
+
+// ---- a request hidden in a body ------------------------------------------------------------
+
+/// A POST of m1 whose `Content-Length` (5) ends before the bytes sent: `hello`, then a whole
+/// second request (with `hidden_lines`) in the same write. The upstream gets the POST with
+/// exactly `hello` and nothing else; the caller gets its answer, then the connection closes:
+/// the gateway does not serve pipelined requests (a legitimate client waits for each answer),
+/// so the second one is never answered nor forwarded, whoever it claims to be.
+async fn a_hidden_request_is_dropped(hidden_lines: &[&str]) {
+    let fake = FakeMollie::start().await;
+    let up = RawUpstream::echo().await;
+    let gw = gateway(&fake, &up, &[QUICK_UPSTREAM]);
+    let hidden = request("GET", "/v2/smuggled", None, hidden_lines);
+    let mut caller = Caller::connect(&gw.listen).await;
+    caller
+        .send(post(&["Content-Length: 5"]) + "hello" + &hidden)
+        .await
+        .unwrap();
+    let first = caller.response().await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.json()["body_len"], 5, "{first:?}");
+    assert!(caller.closed_within(Duration::from_secs(2)).await, "kept open");
+    assert!(
+        caller.buf.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&caller.buf)
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let heads = upstream_heads(&up);
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert_eq!(
+        (heads[0].target.as_str(), heads[0].body.as_slice()),
+        ("/v2/payments", &b"hello"[..]),
+        "{heads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_hidden_in_a_body_is_not_served() {
+    a_hidden_request_is_dropped(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_hidden_in_a_body_is_not_served_for_another_merchant() {
+    a_hidden_request_is_dropped(&["X-Merchant-Id: m2"]).await;
+}
