@@ -350,3 +350,85 @@ async fn a_request_hidden_in_a_body_is_not_served() {
 async fn a_request_hidden_in_a_body_is_not_served_for_another_merchant() {
     a_hidden_request_is_dropped(&["X-Merchant-Id: m2"]).await;
 }
+
+// ---- an upstream that breaks off its response ----------------------------------------------
+
+/// A head and 10 of the 100 body bytes a `Content-Length` announces.
+const CL_PART: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                       Content-Length: 100\r\n\r\n0123456789";
+/// A chunked head and one chunk, without the terminating chunk.
+const CHUNKED_PART: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                            Transfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n";
+
+/// m1 gets `/v2/methods` (the upstream connection is pooled), then `/v2/payments/tr_1` on the
+/// same caller connection, which the upstream answers with `reply` (a response broken off:
+/// cut, or stalled past the read timeout). The caller sees the response broken off (the
+/// connection closed before the announced length, or without the terminating chunk), never
+/// a well-formed truncated one; the upstream connection is closed, and the next request goes
+/// on a new one.
+async fn a_broken_response_is_broken_off(reply: Reply, env: &[(&str, &str)]) {
+    let cut = matches!(reply, Reply::Cut(_));
+    let fake = FakeMollie::start().await;
+    let up = RawUpstream::start(move |a| match a.request.target.as_str() {
+        "/v2/payments/tr_1" => reply.clone(),
+        _ => Reply::Echo,
+    })
+    .await;
+    let gw = gateway(&fake, &up, env);
+    let mut caller = Caller::connect(&gw.listen).await;
+    caller.send(get("/v2/methods", Some("m1"))).await.unwrap();
+    assert_eq!(caller.response().await.json()["conn"], 0);
+    caller
+        .send(get("/v2/payments/tr_1", Some("m1")))
+        .await
+        .unwrap();
+    let broken = caller.try_response(false, STEP).await;
+    let got = String::from_utf8_lossy(&caller.buf).into_owned();
+    assert!(broken.is_err(), "a well-formed response: {broken:?}");
+    assert!(caller.closed, "not closed: {got:?}");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(got.contains("0123456789"), "the bytes before the break: {got:?}");
+    assert!(!got.ends_with("0\r\n\r\n"), "a terminating chunk: {got:?}");
+    let arrivals = up.arrivals("/v2/payments/tr_1");
+    assert_eq!(arrivals.len(), 1, "sent upstream again: {arrivals:?}");
+    assert_eq!(arrivals[0].0, 0, "not on the pooled connection");
+    if !cut {
+        let closed = up.wait_until(STEP, |c| c[0].closed_by_peer.is_some()).await;
+        assert!(closed, "the stalled upstream connection is still open");
+    }
+
+    let mut next = Caller::connect(&gw.listen).await;
+    next.send(get("/v2/methods", Some("m1"))).await.unwrap();
+    let resp = next.response().await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["conn"], 1, "the broken connection was used again");
+}
+
+const LINKS: (&str, &str) = ("UPSTREAM__PUBLIC_BASE_URL", "http://gateway.test");
+const STALL: (&str, &str) = ("UPSTREAM__READ_TIMEOUT_MS", "500");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_inside_a_content_length_body() {
+    a_broken_response_is_broken_off(Reply::Cut(CL_PART.into()), &[QUICK_UPSTREAM]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_inside_a_chunked_body() {
+    a_broken_response_is_broken_off(Reply::Cut(CHUNKED_PART.into()), &[QUICK_UPSTREAM]).await;
+}
+
+/// With the link rewriter on, the caller's framing is chunked whatever the upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_inside_a_rewritten_body() {
+    a_broken_response_is_broken_off(Reply::Cut(CL_PART.into()), &[QUICK_UPSTREAM, LINKS]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_stalling_inside_a_content_length_body() {
+    a_broken_response_is_broken_off(Reply::Raw(CL_PART.into()), &[STALL]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_stalling_inside_a_chunked_body() {
+    a_broken_response_is_broken_off(Reply::Raw(CHUNKED_PART.into()), &[STALL, LINKS]).await;
+}
