@@ -240,41 +240,46 @@ async fn obfuscated_transfer_encodings() {
 async fn control_bytes_in_a_head() {
     use Want::*;
     let bad = Refused(400, "bad_request");
-    let head = "POST /v2/payments HTTP/1.1\r\nHost: gateway.test\r\n";
-    let with = |lines: &str| format!("{head}{lines}Content-Length: 5\r\n\r\nhello");
+    // A POST of m1 (`line` is the request line) with `lines` and a 5-byte body.
+    let raw = |line: &str, lines: &str| format!("{line}{lines}Content-Length: 5\r\n\r\nhello");
+    let line = "POST /v2/payments HTTP/1.1\r\nHost: gateway.test\r\nX-Merchant-Id: m1\r\n";
+    let with = |lines: &str| raw(line, lines);
     run_cases(&[
-        ("NUL in a value", with("X-Merchant-Id: m1\r\nX-A: a\0b\r\n"), bad),
-        ("NUL in a name", with("X-Merchant-Id: m1\r\nX\0A: b\r\n"), bad),
-        ("CR in a value", with("X-Merchant-Id: m1\r\nX-A: a\rb\r\n"), bad),
-        ("CR in a name", with("X-Merchant-Id: m1\r\nX\rA: b\r\n"), bad),
+        ("NUL in a value", with("X-A: a\0b\r\n"), bad),
+        ("NUL in a name", with("X\0A: b\r\n"), bad),
+        ("CR in a value", with("X-A: a\rb\r\n"), bad),
+        ("CR in a name", with("X\rA: b\r\n"), bad),
+        ("CR before the colon", with("X-A\r: b\r\n"), bad),
+        ("a bare LF ending a header line", with("X-A: a\n"), bad),
         (
-            "CR before the colon",
-            with("X-Merchant-Id: m1\r\nX-A\r: b\r\n"),
-            bad,
-        ),
-        (
-            "a bare LF ending a header line",
-            with("X-A: a\nX-Merchant-Id: m1\r\n"),
-            bad,
-        ),
-        (
-            "a bare LF ending the request line",
-            format!(
-                "POST /v2/payments HTTP/1.1\nHost: gateway.test\r\nX-Merchant-Id: m1\r\n\
-                 Content-Length: 5\r\n\r\nhello"
+            "a bare LF before the merchant header",
+            raw(
+                "POST /v2/payments HTTP/1.1\r\nHost: gateway.test\r\nX-A: a\n",
+                "X-Merchant-Id: m1\r\n",
             ),
             bad,
         ),
         (
+            "a bare LF ending the request line",
+            raw(&line.replacen("\r\n", "\n", 1), ""),
+            bad,
+        ),
+        (
             "bare LFs only",
-            "POST /v2/payments HTTP/1.1\nHost: gateway.test\nX-Merchant-Id: m1\n\
-             Content-Length: 5\n\nhello"
-                .to_string(),
+            raw(&line.replace("\r\n", "\n"), "").replace("\r\n", "\n"),
             bad,
         ),
         // pingora percent-encodes bytes not allowed in a target (`escape_illegal_request_line`).
-        ("NUL in the target", format!("POST /v2/pay\0ments HTTP/1.1\r\nHost: gateway.test\r\nX-Merchant-Id: m1\r\nContent-Length: 5\r\n\r\nhello"), ForwardedTo("/v2/pay%00ments", b"hello")),
-        ("a valid control", with("X-Merchant-Id: m1\r\nX-A: a\tb\r\n"), Forwarded(b"hello")),
+        (
+            "NUL in the target",
+            raw(&line.replace("payments", "pay\0ments"), ""),
+            ForwardedTo("/v2/pay%00ments", b"hello"),
+        ),
+        (
+            "a tab in a value",
+            with("X-A: a\tb\r\n"),
+            Forwarded(b"hello"),
+        ),
     ])
     .await;
 }
@@ -325,7 +330,10 @@ async fn a_hidden_request_is_dropped(hidden_lines: &[&str]) {
     let first = caller.response().await;
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(first.json()["body_len"], 5, "{first:?}");
-    assert!(caller.closed_within(Duration::from_secs(2)).await, "kept open");
+    assert!(
+        caller.closed_within(Duration::from_secs(2)).await,
+        "kept open"
+    );
     assert!(
         caller.buf.is_empty(),
         "{:?}",
@@ -387,7 +395,10 @@ async fn a_broken_response_is_broken_off(reply: Reply, env: &[(&str, &str)]) {
     assert!(broken.is_err(), "a well-formed response: {broken:?}");
     assert!(caller.closed, "not closed: {got:?}");
     assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
-    assert!(got.contains("0123456789"), "the bytes before the break: {got:?}");
+    assert!(
+        got.contains("0123456789"),
+        "the bytes before the break: {got:?}"
+    );
     assert!(!got.ends_with("0\r\n\r\n"), "a terminating chunk: {got:?}");
     let arrivals = up.arrivals("/v2/payments/tr_1");
     assert_eq!(arrivals.len(), 1, "sent upstream again: {arrivals:?}");
@@ -401,7 +412,11 @@ async fn a_broken_response_is_broken_off(reply: Reply, env: &[(&str, &str)]) {
     next.send(get("/v2/methods", Some("m1"))).await.unwrap();
     let resp = next.response().await;
     assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(resp.json()["conn"], 1, "the broken connection was used again");
+    assert_eq!(
+        resp.json()["conn"],
+        1,
+        "the broken connection was used again"
+    );
 }
 
 const LINKS: (&str, &str) = ("UPSTREAM__PUBLIC_BASE_URL", "http://gateway.test");
@@ -431,4 +446,243 @@ async fn an_upstream_stalling_inside_a_content_length_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_stalling_inside_a_chunked_body() {
     a_broken_response_is_broken_off(Reply::Raw(CHUNKED_PART.into()), &[STALL, LINKS]).await;
+}
+
+// ---- a 100 MB streamed body ----------------------------------------------------------------
+
+/// One request as [`Sink`] read it.
+#[derive(Debug, Clone)]
+struct Sunk {
+    framing: String,
+    body_len: u64,
+    /// The body ended as framed (hyper's strict reader), not broken off.
+    complete: bool,
+}
+
+/// An upstream that reads request bodies as they arrive and only counts them (hyper's server,
+/// strict about framing), so a 100 MB body costs it no memory; answers 200 with `body_len`.
+/// ([`RawUpstream`] keeps and re-parses every byte, which a 100 MB body makes quadratic.)
+struct Sink {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Sunk>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Sink {
+    async fn start() -> Sink {
+        use hyper::body::Incoming;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::<std::sync::Mutex<Vec<Sunk>>>::default();
+        let shared = seen.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = shared.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let h = req.headers();
+                        let framing = match h.get("content-length") {
+                            Some(cl) => format!("content-length: {}", cl.to_str().unwrap()),
+                            None => format!("transfer-encoding: {:?}", h.get("transfer-encoding")),
+                        };
+                        let mut body = req.into_body();
+                        let mut body_len = 0u64;
+                        let mut complete = true;
+                        while let Some(frame) = std::future::poll_fn(|cx| {
+                            http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+                        })
+                        .await
+                        {
+                            match frame.map(|f| f.into_data()) {
+                                Ok(Ok(data)) => body_len += data.len() as u64,
+                                Ok(Err(_)) => {} // trailers
+                                Err(_) => {
+                                    complete = false;
+                                    break;
+                                }
+                            }
+                        }
+                        seen.lock().unwrap().push(Sunk {
+                            framing,
+                            body_len,
+                            complete,
+                        });
+                        let json = format!("{{\"body_len\":{body_len}}}");
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(json)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Sink { addr, seen, accept }
+    }
+
+    fn seen(&self) -> Vec<Sunk> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The resident set of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The largest RSS of `pid` sampled every 20 ms while `work` runs.
+async fn peak_rss_during<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (T, u64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let sampler = tokio::spawn(async move {
+        let mut peak = rss_kib(pid);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak.max(rss_kib(pid))
+    });
+    let out = work.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, sampler.await.unwrap())
+}
+
+const MB100: usize = 100 * 1024 * 1024;
+const PIECE: usize = 64 * 1024;
+/// How much the gateway's RSS may grow while it streams 100 MB.
+const RSS_GROWTH_KIB: u64 = 32 * 1024;
+/// Bound of a 100 MB transfer.
+const TRANSFER: Duration = Duration::from_secs(30);
+
+/// Sends a POST of m1 with a 100 MB body (`chunked`, or under `Content-Length`) in 64 KiB
+/// writes; returns the answer (or the error) and the gateway's baseline and peak RSS (KiB).
+async fn send_100_mb(gw: &Gateway, chunked: bool) -> (Result<RawResponse, String>, u64, u64) {
+    let pid = gw.pid().expect("the gateway runs as a child process");
+    // Warm up (token, upstream connection), then the baseline.
+    let mut warm = Caller::connect(&gw.listen).await;
+    warm.send(post(&["Content-Length: 2"]) + "{}")
+        .await
+        .unwrap();
+    warm.response().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = rss_kib(pid);
+    let mut caller = Caller::connect(&gw.listen).await;
+    let framing = match chunked {
+        true => "Transfer-Encoding: chunked".to_string(),
+        false => format!("Content-Length: {MB100}"),
+    };
+    let work = async {
+        caller.send(post(&[&framing])).await.unwrap();
+        let data = vec![b'x'; PIECE];
+        let mut piece = data.clone();
+        if chunked {
+            piece = format!("{PIECE:x}\r\n").into_bytes();
+            piece.extend_from_slice(&data);
+            piece.extend_from_slice(b"\r\n");
+        }
+        for _ in 0..MB100 / PIECE {
+            if caller.send(&piece).await.is_err() {
+                break; // refused meanwhile
+            }
+        }
+        if chunked {
+            let _ = caller.send("0\r\n\r\n").await;
+        }
+        caller.try_response(false, STEP).await
+    };
+    let started = Instant::now();
+    let (resp, peak) = peak_rss_during(pid, tokio::time::timeout(TRANSFER, work)).await;
+    let resp = resp.unwrap_or_else(|_| panic!("not done within {TRANSFER:?}"));
+    eprintln!(
+        "100 MB {}: {:?}, gateway RSS {baseline} KiB before, peak {peak} KiB",
+        if chunked { "chunked" } else { "Content-Length" },
+        started.elapsed()
+    );
+    (resp, baseline, peak)
+}
+
+/// With `server.max_body_bytes` above 100 MB, the body is streamed to the upstream as it
+/// arrives: all of it arrives, framed as the caller framed it, and the gateway's RSS grows by
+/// less than [`RSS_GROWTH_KIB`].
+async fn a_100_mb_body_is_streamed(chunked: bool) {
+    let fake = FakeMollie::start().await;
+    let sink = Sink::start().await;
+    let mut gw = support::GatewayBuilder::new(&fake)
+        .env("UPSTREAM__BASE_URL", format!("http://{}", sink.addr))
+        .env("SERVER__MAX_BODY_BYTES", (200 * 1024 * 1024).to_string())
+        .prepare();
+    gw.onboard(&fake, "m1");
+    gw.spawn();
+    let (resp, baseline, peak) = send_100_mb(&gw, chunked).await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["body_len"], MB100, "{resp:?}");
+    let seen = sink.seen();
+    let big = &seen[1];
+    assert_eq!(
+        (big.body_len, big.complete),
+        (MB100 as u64, true),
+        "{seen:?}"
+    );
+    let framing = match chunked {
+        true => "transfer-encoding: Some(\"chunked\")".to_string(),
+        false => format!("content-length: {MB100}"),
+    };
+    assert_eq!(big.framing, framing);
+    assert!(
+        peak.saturating_sub(baseline) < RSS_GROWTH_KIB,
+        "RSS grew from {baseline} KiB to {peak} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_content_length_body_is_streamed_in_bounded_memory() {
+    a_100_mb_body_is_streamed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_chunked_body_is_streamed_in_bounded_memory() {
+    a_100_mb_body_is_streamed(true).await;
+}
+
+/// With the default `server.max_body_bytes` (10 MiB), a 100 MB chunked body is cut off where
+/// it crosses the limit: 413 (or the connection closed under the caller's writes), the
+/// upstream's request broken off, never complete, and the RSS bounded as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_chunked_body_over_the_limit_is_cut_off_in_bounded_memory() {
+    let fake = FakeMollie::start().await;
+    let sink = Sink::start().await;
+    let mut gw = support::GatewayBuilder::new(&fake)
+        .env("UPSTREAM__BASE_URL", format!("http://{}", sink.addr))
+        .prepare();
+    gw.onboard(&fake, "m1");
+    gw.spawn();
+    let (resp, baseline, peak) = send_100_mb(&gw, true).await;
+    match resp {
+        Ok(resp) => resp.assert_gateway_error(413, "body_too_large"),
+        Err(e) => assert!(e.contains("closed"), "{e}"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = sink.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(!seen[1].complete, "a complete body upstream: {seen:?}");
+    assert!(seen[1].body_len <= 10 * 1024 * 1024, "{seen:?}");
+    assert!(
+        peak.saturating_sub(baseline) < RSS_GROWTH_KIB,
+        "RSS grew from {baseline} KiB to {peak} KiB"
+    );
 }
