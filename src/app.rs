@@ -314,6 +314,7 @@ fn proxy_service(
         Arc::new(gateway),
         s.server.max_connections,
         s.server.header_timeout(),
+        s.server.max_header_bytes,
     );
     let mut proxy = Service::new("mollie-gateway proxy".to_string(), listener);
     if s.server.tls_cert.is_empty() {

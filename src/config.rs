@@ -23,6 +23,9 @@ pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 5;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// pingora's own bound of a request head (`MAX_HEADER_SIZE`): `server.max_header_bytes` at most.
+pub const MAX_HEADER_BYTES_LIMIT: usize = 1024 * 1024 - 1;
 pub const DEFAULT_CLIENT_KEY_HEADER: &str = "X-Gateway-Key";
 pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/mollie-gateway-upgrade.sock";
 pub const DEFAULT_PID_FILE: &str = "/tmp/mollie-gateway.pid";
@@ -105,6 +108,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Largest request body forwarded; larger ones get 413 (Mollie's requests are far smaller).
     pub max_body_bytes: u64,
+    /// Largest request head (request line and headers) read; a larger one gets 431 and the
+    /// connection closes. Bounds what each connection makes the gateway hold before a request.
+    pub max_header_bytes: usize,
     /// Where callers that cannot set `Authorization` put their gateway key (removed upstream).
     pub client_key_header: String,
     /// Refuse to start without any `[clients]` (true in `conf/production.toml`).
@@ -128,6 +134,7 @@ impl Default for ServerSettings {
             header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             client_key_header: DEFAULT_CLIENT_KEY_HEADER.into(),
             require_client_keys: false,
         }

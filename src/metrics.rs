@@ -44,7 +44,7 @@ pub const REVOCATION_OUTCOMES: [&str; 5] = [
 pub const STORE_OPS: [&str; 4] = ["load", "save", "remove", "lock"];
 pub const STORE_OUTCOMES: [&str; 3] = ["ok", "error", "fallback"];
 /// The `reason` values of `connections_refused_total`.
-pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "header_timeout"];
+pub const REFUSAL_REASONS: [&str; 3] = ["max_connections", "header_timeout", "header_too_large"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -71,7 +71,7 @@ pub struct Metrics {
     /// Open caller connections on the proxy listener.
     pub connections_open: IntGauge,
     /// `reason` handles of `connections_refused_total`, in [`REFUSAL_REASONS`] order.
-    refused: [IntCounter; 2],
+    refused: [IntCounter; 3],
 }
 
 /// One client's `requests_total` series, indexed by the status' first digit (0 = no response).
@@ -99,6 +99,8 @@ pub enum Refusal {
     MaxConnections = 0,
     /// The request head did not arrive within `server.header_timeout_ms`.
     HeaderTimeout = 1,
+    /// The request head grew past `server.max_header_bytes` (431).
+    HeaderTooLarge = 2,
 }
 
 const PREFIX: &str = "mollie_gateway_";
@@ -172,7 +174,8 @@ impl Metrics {
             "connections_refused_total",
             "Caller connections the proxy listener refused, by reason (max_connections: 503 at \
              server.max_connections; header_timeout: 408 for a request head slower than \
-             server.header_timeout_ms).",
+             server.header_timeout_ms; header_too_large: 431 for a request head over \
+             server.max_header_bytes).",
             &["reason"],
         );
         let metrics = Metrics {

@@ -293,12 +293,31 @@ async fn oversized_heads_get_431() {
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     let limit: Vec<String> = (0..200).map(|i| format!("X-H{i}: v")).collect();
     let limit: Vec<&str> = limit.iter().map(String::as_str).collect();
+    let over: Vec<String> = (0..300).map(|i| format!("X-H{i}: v")).collect();
+    let over: Vec<&str> = over.iter().map(String::as_str).collect();
+    let long = format!("X-Long: {}", "a".repeat(60_000));
+    let longer = format!("X-Long: {}", "a".repeat(66_000));
     run_cases(&[
         ("a 1 MB header line", post(&[&line]), big),
         ("10,000 headers", get_with(&many), big),
         (
+            "300 short headers (pingora's limit: 256)",
+            get_with(&over),
+            big,
+        ),
+        (
+            "a 66 KB head (server.max_header_bytes)",
+            post(&[&longer]),
+            big,
+        ),
+        (
             "200 headers",
             post(&[&limit[..], &["Content-Length: 5"]].concat()) + "hello",
+            Forwarded(b"hello"),
+        ),
+        (
+            "a 60 KB header line",
+            post(&[&long, "Content-Length: 5"]) + "hello",
             Forwarded(b"hello"),
         ),
     ])
@@ -685,4 +704,43 @@ async fn a_100_mb_chunked_body_over_the_limit_is_cut_off_in_bounded_memory() {
         peak.saturating_sub(baseline) < RSS_GROWTH_KIB,
         "RSS grew from {baseline} KiB to {peak} KiB"
     );
+}
+
+// ---- many large heads at once --------------------------------------------------------------
+
+/// Callers on [`HEADS`] connections each send 1,000,000 bytes of one header line and never end
+/// their heads: each gets 431 as soon as its head passes `server.max_header_bytes` (64 KiB),
+/// so a connection makes the gateway hold at most that much head (pingora alone would read up
+/// to 1 MiB and hold it until the head deadline). The gateway's RSS meanwhile is printed.
+/// Connections in [`many_large_unfinished_heads_get_431_at_the_head_limit`].
+const HEADS: usize = 150;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_unfinished_heads_get_431_at_the_head_limit() {
+    let fake = FakeMollie::start().await;
+    let up = RawUpstream::echo().await;
+    let gw = gateway(&fake, &up, &[]);
+    let pid = gw.pid().unwrap();
+    let baseline = rss_kib(pid);
+    let line = format!(
+        "GET /v2/methods HTTP/1.1\r\nX-Big: {}",
+        "a".repeat(1_000_000)
+    );
+    let mut callers = Vec::new();
+    let (_, peak) = peak_rss_during(pid, async {
+        for _ in 0..HEADS {
+            let mut caller = Caller::connect(&gw.listen).await;
+            let _ = caller.send(&line).await;
+            callers.push(caller);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    })
+    .await;
+    eprintln!("{HEADS} unfinished 1 MB heads: gateway RSS {baseline} KiB before, peak {peak} KiB");
+    for caller in &mut callers {
+        let resp = caller.try_response(false, STEP).await;
+        let status = resp.as_ref().map(|r| r.status);
+        assert_eq!(status, Ok(431), "{resp:?}");
+    }
+    assert!(upstream_heads(&up).is_empty());
 }

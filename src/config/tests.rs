@@ -190,17 +190,20 @@ fn the_connection_limits_are_checked() {
     assert_eq!(s.server.header_timeout_ms, DEFAULT_HEADER_TIMEOUT_MS);
     assert_eq!(s.server.max_connections, DEFAULT_MAX_CONNECTIONS);
     assert_eq!(s.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(s.server.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
     let err = parse(
-        "[server]\nheader_timeout_ms = 0\nmax_connections = 0\nmax_body_bytes = 0\n",
+        "[server]\nheader_timeout_ms = 0\nmax_connections = 0\nmax_body_bytes = 0\n\
+         max_header_bytes = 1048576\n",
         &HashMap::new(),
     )
     .unwrap_err();
     let all = err.problems.join("\n");
-    assert_eq!(err.problems.len(), 3, "{all}");
+    assert_eq!(err.problems.len(), 4, "{all}");
     for key in [
         "server.header_timeout_ms",
         "server.max_connections",
         "server.max_body_bytes",
+        "server.max_header_bytes",
     ] {
         assert!(all.contains(key), "{all}");
     }

@@ -77,6 +77,13 @@ impl ServerSettings {
             10_000_000,
         );
         check_range(p, "server.max_body_bytes", self.max_body_bytes, 1, u64::MAX);
+        check_range(
+            p,
+            "server.max_header_bytes",
+            self.max_header_bytes as u64,
+            1024,
+            crate::config::MAX_HEADER_BYTES_LIMIT as u64,
+        );
         check_ms(p, "server.header_timeout_ms", self.header_timeout_ms);
     }
 }

@@ -8,6 +8,9 @@
 //!   [`KEEPALIVE_IDLE`] or until the service shuts down, then closes quietly;
 //! - from that first byte, the whole head must arrive within `server.header_timeout_ms`,
 //!   else the caller gets 408 `request_timeout` and the connection closes;
+//! - the head is read here up to its end, at most `server.max_header_bytes` (pingora's own
+//!   bound is 1 MiB), else the caller gets 431 `header_too_large` and the connection closes;
+//!   pingora then parses it from that buffer;
 //! - beyond `server.max_connections` open connections, a new one gets 503 `overloaded` with
 //!   `Retry-After` and is closed.
 //!
@@ -46,7 +49,16 @@ pub struct ProxyListener {
     open: AtomicUsize,
     max_connections: usize,
     header_timeout: Duration,
+    max_header_bytes: usize,
     metrics: Arc<Metrics>,
+}
+
+/// Why a request head was not read whole.
+enum HeadCut {
+    /// The caller closed (or the read failed).
+    Closed,
+    /// Over `server.max_header_bytes`.
+    TooLarge,
 }
 
 /// One counted open connection; uncounted when dropped.
@@ -60,13 +72,19 @@ impl Drop for Open<'_> {
 }
 
 impl ProxyListener {
-    pub fn new(gateway: Arc<Gateway>, max_connections: usize, header_timeout: Duration) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        max_connections: usize,
+        header_timeout: Duration,
+        max_header_bytes: usize,
+    ) -> Self {
         let metrics = gateway.metrics.clone();
         ProxyListener {
             gateway,
             open: AtomicUsize::new(0),
             max_connections,
             header_timeout,
+            max_header_bytes,
             metrics,
         }
     }
@@ -83,9 +101,18 @@ impl ProxyListener {
     async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
         let mut settings = None;
         loop {
-            let Some(first) = self.await_head(&mut stream).await else {
+            let Some(mut head) = self.await_head(&mut stream).await else {
                 return;
             };
+            let deadline = tokio::time::Instant::now() + self.header_timeout;
+            match tokio::time::timeout_at(deadline, self.read_head(&mut stream, &mut head)).await {
+                Err(_) => return self.refuse(stream, Refusal::HeaderTimeout).await,
+                Ok(Err(HeadCut::Closed)) => return,
+                Ok(Err(HeadCut::TooLarge)) => {
+                    return self.refuse(stream, Refusal::HeaderTooLarge).await
+                }
+                Ok(Ok(())) => {}
+            }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session),
@@ -93,8 +120,9 @@ impl ProxyListener {
             }
             // No pipelined prefix can be set already: pipelining is off, so pingora never
             // hands a connection back with bytes of a next request.
-            session.set_pipelined_prefix(first);
-            let read = tokio::time::timeout(self.header_timeout, session.read_request()).await;
+            session.set_pipelined_prefix(head);
+            // The head is whole in the prefix, so pingora reads nothing more, as a rule.
+            let read = tokio::time::timeout_at(deadline, session.read_request()).await;
             match read {
                 Err(_) => {
                     return self
@@ -129,7 +157,25 @@ impl ProxyListener {
         matches!(read, Ok(Ok(n)) if n > 0).then_some(buf)
     }
 
-    /// Answers a refused HTTP/1 connection (503 or 408) and closes it.
+    /// Reads into `buf` (which holds the first bytes) until the end of the request head, an
+    /// empty line, is in it, within `server.max_header_bytes`.
+    async fn read_head(&self, stream: &mut Stream, buf: &mut BytesMut) -> Result<(), HeadCut> {
+        loop {
+            match head_len(buf) {
+                Some(len) if len <= self.max_header_bytes => return Ok(()),
+                Some(_) => return Err(HeadCut::TooLarge),
+                None if buf.len() > self.max_header_bytes => return Err(HeadCut::TooLarge),
+                None => {}
+            }
+            buf.reserve(HEAD_BUF);
+            match stream.read_buf(buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(HeadCut::Closed),
+            }
+        }
+    }
+
+    /// Answers a refused HTTP/1 connection (503, 408 or 431) and closes it.
     async fn refuse(&self, mut stream: Stream, why: Refusal) {
         self.metrics.refused(why);
         let error = match why {
@@ -137,6 +183,10 @@ impl ProxyListener {
             Refusal::HeaderTimeout => {
                 GatewayError::RequestTimeout(self.header_timeout.as_millis() as u64)
             }
+            Refusal::HeaderTooLarge => GatewayError::HeaderTooLarge(format!(
+                "over {} bytes, server.max_header_bytes",
+                self.max_header_bytes
+            )),
         };
         self.metrics.observe_request(error.status());
         self.metrics
@@ -160,6 +210,22 @@ impl ProxyListener {
         })
         .await;
     }
+}
+
+/// The length of the request head at the start of `buf` (through its empty line), once it is
+/// there. An LF, an optional CR and an LF end it: pingora's parser (httparse) takes a bare LF
+/// for a line end too; the gateway then refuses such a head (`headers::check_framing`).
+fn head_len(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(lf) = memchr::memchr(b'\n', &buf[from..]) {
+        let at = from + lf + 1;
+        match buf.get(at..) {
+            Some([b'\n', ..]) => return Some(at + 1),
+            Some([b'\r', b'\n', ..]) => return Some(at + 2),
+            _ => from = at,
+        }
+    }
+    None
 }
 
 /// The stream under an HTTP/1 session (whose head could not be read).
@@ -219,5 +285,20 @@ impl ServerApp for ProxyListener {
 
     async fn cleanup(&self) {
         self.gateway.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_len;
+
+    #[test]
+    fn a_head_ends_at_its_empty_line() {
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody"), Some(27));
+        assert_eq!(head_len(b"GET / HTTP/1.1\nHost: h\n\nbody"), Some(24));
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\n\r\n"), Some(26));
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n\r"), None);
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n"), None);
+        assert_eq!(head_len(b""), None);
     }
 }
