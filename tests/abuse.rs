@@ -589,7 +589,11 @@ const TRANSFER: Duration = Duration::from_secs(30);
 
 /// Sends a POST of m1 with a 100 MB body (`chunked`, or under `Content-Length`) in 64 KiB
 /// writes; returns the answer (or the error) and the gateway's baseline and peak RSS (KiB).
-async fn send_100_mb(gw: &Gateway, chunked: bool) -> (Result<RawResponse, String>, u64, u64) {
+async fn send_100_mb(
+    gw: &Gateway,
+    chunked: bool,
+    label: &str,
+) -> (Result<RawResponse, String>, u64, u64) {
     let pid = gw.pid().expect("the gateway runs as a child process");
     // Warm up (token, upstream connection), then the baseline.
     let mut warm = Caller::connect(&gw.listen).await;
@@ -627,7 +631,7 @@ async fn send_100_mb(gw: &Gateway, chunked: bool) -> (Result<RawResponse, String
     let (resp, peak) = peak_rss_during(pid, tokio::time::timeout(TRANSFER, work)).await;
     let resp = resp.unwrap_or_else(|_| panic!("not done within {TRANSFER:?}"));
     eprintln!(
-        "100 MB {}: {:?}, gateway RSS {baseline} KiB before, peak {peak} KiB",
+        "100 MB {} ({label}): {:?}, gateway RSS {baseline} KiB before, peak {peak} KiB",
         if chunked { "chunked" } else { "Content-Length" },
         started.elapsed()
     );
@@ -646,7 +650,7 @@ async fn a_100_mb_body_is_streamed(chunked: bool) {
         .prepare();
     gw.onboard(&fake, "m1");
     gw.spawn();
-    let (resp, baseline, peak) = send_100_mb(&gw, chunked).await;
+    let (resp, baseline, peak) = send_100_mb(&gw, chunked, "streamed").await;
     let resp = resp.unwrap();
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.json()["body_len"], MB100, "{resp:?}");
@@ -690,7 +694,7 @@ async fn a_100_mb_chunked_body_over_the_limit_is_cut_off_in_bounded_memory() {
         .prepare();
     gw.onboard(&fake, "m1");
     gw.spawn();
-    let (resp, baseline, peak) = send_100_mb(&gw, true).await;
+    let (resp, baseline, peak) = send_100_mb(&gw, true, "over the limit").await;
     match resp {
         Ok(resp) => resp.assert_gateway_error(413, "body_too_large"),
         Err(e) => assert!(e.contains("closed"), "{e}"),
