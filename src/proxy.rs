@@ -7,8 +7,9 @@
 //! whole path (`benches/README.md`). Owning the exchange means owning its correctness, so the
 //! steps of [`Gateway::serve`] are, in order:
 //! 1. the head: only origin-form targets go upstream (absolute-form is normalised;
-//!    authority-form, `CONNECT`, `TRACE` and `*` are refused), a `Content-Length` above
-//!    `server.max_body_bytes` gets 413; every request gets an id ([`headers::request_id`]);
+//!    authority-form, `CONNECT`, `TRACE` and `*` are refused), ambiguous framing gets 400
+//!    ([`headers::check_framing`]), a `Content-Length` above `server.max_body_bytes` gets 413;
+//!    every request gets an id ([`headers::request_id`]);
 //! 2. exactly one valid merchant header, and its token (a cache hit, or one shared refresh);
 //! 3. the body's preliminaries: `100 Continue`, and the defaults of [`defaults`] (which may
 //!    read a small JSON body to rewrite it);
