@@ -95,7 +95,8 @@ fn check_process_life(life: &[Presentation], round: usize, tally: &mut Tally) {
 /// `stored` gives the refresh token the store holds for a merchant (or a text containing it).
 async fn crash_loop(fake: &FakeMollie, gw: &mut Gateway, stored: impl Fn(&str) -> String) -> Tally {
     let wanted = refreshes_wanted();
-    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(300) * wanted as u32;
+    let deadline =
+        Instant::now() + Duration::from_secs(60) + Duration::from_millis(300) * wanted as u32;
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -145,7 +146,10 @@ async fn crash_loop(fake: &FakeMollie, gw: &mut Gateway, stored: impl Fn(&str) -
             let answered = fake.answered();
             for _ in 0..fastrand::usize(1..=8) {
                 let next = answered.notified();
-                if tokio::time::timeout(Duration::from_secs(3), next).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(3), next)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -174,7 +178,9 @@ async fn crash_loop(fake: &FakeMollie, gw: &mut Gateway, stored: impl Fn(&str) -
         for i in 0..MERCHANTS {
             let id = merchant(i);
             let held = stored(&id);
-            let latest = fake.current_refresh_token(&id).expect("fake knows the merchant");
+            let latest = fake
+                .current_refresh_token(&id)
+                .expect("fake knows the merchant");
             let previous = fake.previous_refresh_token(&id);
             assert!(
                 held.contains(&latest) || previous.is_some_and(|p| held.contains(&p)),
@@ -197,7 +203,11 @@ async fn crash_loop(fake: &FakeMollie, gw: &mut Gateway, stored: impl Fn(&str) -
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        assert_eq!(status, Some(200), "{id}: forced refresh after the last restart");
+        assert_eq!(
+            status,
+            Some(200),
+            "{id}: forced refresh after the last restart"
+        );
         let resp = client()
             .get(format!("{}/v2/echo/payments", gw.base_url()))
             .header("X-Merchant-Id", &id)
@@ -212,7 +222,8 @@ async fn crash_loop(fake: &FakeMollie, gw: &mut Gateway, stored: impl Fn(&str) -
         all.iter().all(|p| p.accepted),
         "a merchant met invalid_grant"
     );
-    let dead = r#"mollie_gateway_token_refreshes_total{grant="refresh_token",outcome="invalid_grant"}"#;
+    let dead =
+        r#"mollie_gateway_token_refreshes_total{grant="refresh_token",outcome="invalid_grant"}"#;
     assert_eq!(gw.metric(dead).await, 0.0);
     gw.terminate();
     tally
@@ -245,7 +256,10 @@ async fn file_store_kill_9_during_rotations_loses_no_merchant() {
             .to_string()
     })
     .await;
-    println!("crash loop, file store: {tally:?} in {:.1?}", started.elapsed());
+    println!(
+        "crash loop, file store: {tally:?} in {:.1?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,5 +283,8 @@ async fn redis_store_kill_9_during_rotations_loses_no_merchant() {
         data
     })
     .await;
-    println!("crash loop, redis store: {tally:?} in {:.1?}", started.elapsed());
+    println!(
+        "crash loop, redis store: {tally:?} in {:.1?}",
+        started.elapsed()
+    );
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -42,6 +42,8 @@ pub enum TokenMode {
     Normal,
     /// 503 with an HTML body.
     ServerError,
+    /// 500 with an HTML body.
+    InternalError,
     /// Never answers (sleeps one hour).
     Hang,
     /// 200 with body `<html>oops</html>`.
@@ -82,6 +84,9 @@ pub struct Presentation {
     pub presented: Presented,
     /// The grant was answered with new tokens (else `invalid_grant`).
     pub accepted: bool,
+    /// When the fake received it and when it answered it.
+    pub received: Instant,
+    pub at: Instant,
 }
 
 /// One `DELETE /oauth2/tokens` (revocation) as received.
@@ -192,6 +197,8 @@ struct FakeState {
     fail_revocations: bool,
     /// Every secret issued is appended here (see [`secrets_dir`]); empty = not recorded.
     secrets_file: PathBuf,
+    /// Keep every token and API request (off for a long run: see [`FakeMollie::lean`]).
+    record_requests: bool,
 }
 
 impl FakeState {
@@ -215,6 +222,7 @@ impl FakeState {
             revocations: Vec::new(),
             fail_revocations: false,
             secrets_file: PathBuf::new(),
+            record_requests: true,
         }
     }
 
@@ -334,8 +342,10 @@ impl FakeState {
 
 /// Where every fake records the secrets it issues, one file per fake (`<pid>-<port>.txt`, one
 /// secret per line), so that `tests/zz_log_secrets.rs` can check that no gateway log holds one.
+/// (Outside tests, e.g. the soak's `examples/soak.rs`: under the system's temporary directory.)
 pub fn secrets_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-secrets");
+    let tmp = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = tmp.join("fake-secrets");
     std::fs::create_dir_all(&dir).expect("create fake-secrets dir");
     dir
 }
@@ -476,6 +486,7 @@ async fn token_handler(
     let grant_type = params.get("grant_type").cloned().unwrap_or_default();
 
     inner.token_calls.fetch_add(1, Ordering::SeqCst);
+    let received = Instant::now();
     let (delay, mode) = {
         let mut st = inner.lock();
         let merchant = match grant_type.as_str() {
@@ -492,12 +503,14 @@ async fn token_handler(
         if let Some(m) = merchant {
             st.merchants.entry(m).or_default().token_calls += 1;
         }
-        st.token_requests.push(TokenRequest {
-            grant_type: grant_type.clone(),
-            basic_auth_ok: auth_ok,
-            content_type: content_type.clone(),
-            params: params.clone(),
-        });
+        if st.record_requests {
+            st.token_requests.push(TokenRequest {
+                grant_type: grant_type.clone(),
+                basic_auth_ok: auth_ok,
+                content_type: content_type.clone(),
+                params: params.clone(),
+            });
+        }
         (st.delay, st.mode)
     };
 
@@ -512,6 +525,13 @@ async fn token_handler(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/html; charset=utf-8",
                 "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+            )
+        }
+        TokenMode::InternalError => {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/html; charset=utf-8",
+                "<html><body><h1>500 Internal Server Error</h1></body></html>",
             )
         }
         TokenMode::Hang => {
@@ -565,6 +585,8 @@ async fn token_handler(
                 merchant: owner.clone().unwrap_or_default(),
                 presented,
                 accepted,
+                received,
+                at: Instant::now(),
             });
             let (Some(merchant), true) = (owner, accepted) else {
                 return invalid_grant("The refresh token is invalid");
@@ -694,14 +716,16 @@ async fn api_handler(State(inner): State<Arc<Inner>>, req: Request) -> Response 
         if let Some(m) = &merchant {
             st.merchants.entry(m.clone()).or_default().api_calls += 1;
         }
-        st.api_requests.push(ApiRequest {
-            method: method.clone(),
-            path: path.clone(),
-            query: query.clone(),
-            headers: headers.clone(),
-            body: body.to_vec(),
-            merchant: merchant.clone(),
-        });
+        if st.record_requests {
+            st.api_requests.push(ApiRequest {
+                method: method.clone(),
+                path: path.clone(),
+                query: query.clone(),
+                headers: headers.clone(),
+                body: body.to_vec(),
+                merchant: merchant.clone(),
+            });
+        }
         merchant
     };
     let Some(merchant) = merchant else {
@@ -870,6 +894,15 @@ impl FakeMollie {
             },
         );
         code
+    }
+
+    /// For a long run (the soak): issued secrets are no longer appended to the file in
+    /// [`secrets_dir`], and token and API requests are no longer kept ([`Self::token_requests`],
+    /// [`Self::api_requests`] stay empty); counters and [`Self::presentations`] go on.
+    pub fn lean(&self) {
+        let mut st = self.inner.lock();
+        st.secrets_file = PathBuf::new();
+        st.record_requests = false;
     }
 
     /// `expires_in` of new tokens, also enforced by the API (default 3600).
