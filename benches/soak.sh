@@ -50,7 +50,7 @@ stats "$OUT/samples.csv" using 3 name "FDS" nooutput
 set key top left
 set multiplot layout 4,1 title "mollie-gateway soak: ${SOAK_S} s, 50 merchants, 2-s tokens (shaded: token endpoint down)"
 set xlabel "time (s)"
-set xrange [0:*]
+set xrange [0:${SOAK_S} + 1]
 set boxwidth 1
 set style fill transparent solid 0.15 noborder
 set yrange [0:*]
