@@ -12,13 +12,15 @@
 # every 2 s. Checks and figures: OUT/report.txt; one row per second: OUT/samples.csv; plot of
 # RSS, req/s, errors, fds and threads over time: OUT/soak.png. Exit status 1 when a check fails.
 #
-# Knobs (environment): SOAK_S=600 (at least 60) RATE=100 (req/s) CONNS=32
+# Knobs (environment): SOAK_S=600 (at least 60) RATE=100 (req/s) CONNS=32 SLOW_MS=400 (the
+# slow answers; above oauth.token_timeout_ms = 1000 they are an outage no caller may notice,
+# so the soak fails: a check of the checks)
 # OUT=target/soak/<UTC time> PROFILE=debug|release (the build the gateway runs; debug is the one
 # `cargo test` already built). Needs gnuplot (gnuplot-nox from Debian, installed when missing;
 # NO_PLOT=1 skips the plot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SOAK_S=${SOAK_S:-600} RATE=${RATE:-100} CONNS=${CONNS:-32} PROFILE=${PROFILE:-debug}
+SOAK_S=${SOAK_S:-600} RATE=${RATE:-100} CONNS=${CONNS:-32} PROFILE=${PROFILE:-debug} SLOW_MS=${SLOW_MS:-400}
 OUT=${OUT:-target/soak/$(date -u +%Y%m%dT%H%M%SZ)}
 
 if [ -z "${NO_PLOT:-}" ] && ! command -v gnuplot >/dev/null; then
@@ -34,7 +36,7 @@ mkdir -p "$OUT"
 echo "soak: ${SOAK_S} s, output in $OUT" >&2
 rc=0
 timeout $((SOAK_S + 120)) "$DIR/examples/soak" --gateway "$DIR/mollie-gateway" --secs "$SOAK_S" \
-  --rate "$RATE" --conns "$CONNS" --out "$OUT" || rc=$?
+  --rate "$RATE" --conns "$CONNS" --slow-ms "$SLOW_MS" --out "$OUT" || rc=$?
 
 if [ -z "${NO_PLOT:-}" ] && [ -s "$OUT/samples.csv" ]; then
   # Columns: t,rss_mib,fds,sockets,store_lock,threads,req,ok,e503,other_errors,outage

@@ -339,6 +339,8 @@ fn main() {
     let out = PathBuf::from(arg(&args, "--out", "target/soak"));
     let rate: f64 = arg(&args, "--rate", "100").parse().expect("--rate");
     let conns: usize = arg(&args, "--conns", "32").parse().expect("--conns");
+    // How slow the slow answers are (within the 1-s timeout: no caller may notice them).
+    let slow_ms: u64 = arg(&args, "--slow-ms", "400").parse().expect("--slow-ms");
     assert!(
         secs >= 60,
         "--secs: at least 60 (one cycle of the fault schedule)"
@@ -349,12 +351,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let passed = runtime.block_on(soak(&bin, Duration::from_secs(secs), &out, rate, conns));
+    let passed = runtime.block_on(soak(
+        &bin,
+        Duration::from_secs(secs),
+        &out,
+        rate,
+        conns,
+        Duration::from_millis(slow_ms),
+    ));
     runtime.shutdown_timeout(Duration::from_secs(1));
     std::process::exit(if passed { 0 } else { 1 });
 }
 
-async fn soak(bin: &Path, total: Duration, out: &Path, rate: f64, conns: usize) -> bool {
+async fn soak(
+    bin: &Path,
+    total: Duration,
+    out: &Path,
+    rate: f64,
+    conns: usize,
+    slow: Duration,
+) -> bool {
     let fake = FakeMollie::start().await;
     fake.lean();
     fake.set_token_lifetime(LIFETIME_SECS);
@@ -391,7 +407,7 @@ async fn soak(bin: &Path, total: Duration, out: &Path, rate: f64, conns: usize) 
                 match fault {
                     Fault::Http500 => fake.set_token_mode(TokenMode::InternalError),
                     Fault::Hang => fake.set_token_mode(TokenMode::Hang),
-                    Fault::Slow => fake.set_token_delay(Duration::from_millis(400)),
+                    Fault::Slow => fake.set_token_delay(slow),
                 }
                 tokio::time::sleep_until((t0 + end).into()).await;
                 fake.set_token_mode(TokenMode::Normal);
