@@ -5,9 +5,9 @@
 #   SOAK_S=60 benches/soak.sh    # smoke run: one cycle of the fault schedule
 #
 # A real gateway process in front of the test suite's fake Mollie (examples/soak.rs, which
-# includes tests/support/fake_mollie.rs): 50 merchants on 2-second tokens with rotating refresh
-# tokens, ~100 requests/s of mixed GET/POST over 32 connections, the token endpoint answering
-# 500 (12-17 s of every minute), hanging past oauth.token_timeout_ms (27-32 s) and answering
+# includes tests/support/fake_mollie.rs): 50 merchants on 2-second tokens (refresh tokens
+# rotating with ROTATE=1), ~100 requests/s of mixed GET/POST over 32 connections, the token
+# endpoint answering 500 (12-17 s of every minute), hanging past oauth.token_timeout_ms (27-32 s) and answering
 # slowly (42-50 s), one merchant's refresh token dead (invalid_grant), an upstream 401 injected
 # every 2 s. Checks and figures: OUT/report.txt; one row per second: OUT/samples.csv; plot of
 # RSS, req/s, errors, fds and threads over time: OUT/soak.png. Exit status 1 when a check fails.
@@ -15,12 +15,15 @@
 # Knobs (environment): SOAK_S=600 (at least 60) RATE=100 (req/s) CONNS=32 SLOW_MS=400 (the
 # slow answers; above oauth.token_timeout_ms = 1000 they are an outage no caller may notice,
 # so the soak fails: a check of the checks)
+# ROTATE=1: refresh tokens rotate, so every refresh (25/s) is an fsync'd store write under one
+# lock; the writes queued on it, each holding a blocking thread, then follow the disk's latency,
+# and threads and RSS with them (the flatness checks may fail on a busy disk without any leak)
 # OUT=target/soak/<UTC time> PROFILE=debug|release (the build the gateway runs; debug is the one
 # `cargo test` already built). Needs gnuplot (gnuplot-nox from Debian, installed when missing;
 # NO_PLOT=1 skips the plot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SOAK_S=${SOAK_S:-600} RATE=${RATE:-100} CONNS=${CONNS:-32} PROFILE=${PROFILE:-debug} SLOW_MS=${SLOW_MS:-400}
+SOAK_S=${SOAK_S:-600} RATE=${RATE:-100} CONNS=${CONNS:-32} PROFILE=${PROFILE:-debug} SLOW_MS=${SLOW_MS:-400} ROTATE=${ROTATE:-0}
 OUT=${OUT:-target/soak/$(date -u +%Y%m%dT%H%M%SZ)}
 
 if [ -z "${NO_PLOT:-}" ] && ! command -v gnuplot >/dev/null; then
@@ -36,7 +39,7 @@ mkdir -p "$OUT"
 echo "soak: ${SOAK_S} s, output in $OUT" >&2
 rc=0
 timeout $((SOAK_S + 120)) "$DIR/examples/soak" --gateway "$DIR/mollie-gateway" --secs "$SOAK_S" \
-  --rate "$RATE" --conns "$CONNS" --slow-ms "$SLOW_MS" --out "$OUT" || rc=$?
+  --rate "$RATE" --conns "$CONNS" --slow-ms "$SLOW_MS" --rotate "$ROTATE" --out "$OUT" || rc=$?
 
 if [ -z "${NO_PLOT:-}" ] && [ -s "$OUT/samples.csv" ]; then
   # Columns: t,rss_mib,fds,sockets,store_lock,threads,req,ok,e503,other_errors,outage
