@@ -5,7 +5,7 @@ mod fake_mollie;
 
 use std::time::{Duration, Instant};
 
-use fake_mollie::{FakeMollie, TokenMode, CLIENT_ID, CLIENT_SECRET, UNAUTHORIZED_BODY};
+use fake_mollie::{FakeMollie, Presented, TokenMode, CLIENT_ID, CLIENT_SECRET, UNAUTHORIZED_BODY};
 use serde_json::Value;
 
 fn client() -> reqwest::Client {
@@ -467,4 +467,57 @@ async fn revocations_are_recorded_and_end_the_authorization() {
     assert_eq!(seen[1].content_type, "application/x-www-form-urlencoded");
     assert_eq!(seen[3].params["token_type_hint"], "refresh_token");
     assert_eq!(seen[3].params["token"], rt);
+}
+
+/// Rotation's grace rule: a rotated-out refresh token stays valid until its successor is
+/// first used; every grant is recorded with its place in the chain.
+#[tokio::test]
+async fn rotation_grace_rule_and_presentations() {
+    let fake = FakeMollie::start().await;
+    fake.set_rotate_refresh_tokens(true);
+    fake.set_rotation_grace(true);
+    let rt1 = fake.add_merchant("m1");
+    let new_refresh = |body: Value| body["refresh_token"].as_str().unwrap().to_string();
+
+    let rt2 = new_refresh(json_of(refresh(&fake, &rt1).await).await);
+    assert_eq!(fake.previous_refresh_token("m1"), Some(rt1.clone()));
+    // rt2 never used: rt1 (a client that lost rt2 in a crash) still works, once more.
+    let rt3 = new_refresh(json_of(refresh(&fake, &rt1).await).await);
+    assert_eq!(fake.previous_refresh_token("m1"), Some(rt1.clone()));
+    // rt2 was replaced before its first use: dead.
+    let resp = refresh(&fake, &rt2).await;
+    assert_eq!(json_of(resp).await["error"], "invalid_grant");
+    // Using rt3 ends rt1's grace.
+    let rt4 = new_refresh(json_of(refresh(&fake, &rt3).await).await);
+    assert_eq!(fake.previous_refresh_token("m1"), Some(rt3.clone()));
+    assert_eq!(refresh(&fake, &rt1).await.status(), 400);
+    assert_eq!(fake.current_refresh_token("m1"), Some(rt4));
+
+    let seen: Vec<(Presented, bool)> = fake
+        .presentations()
+        .iter()
+        .map(|p| (p.presented, p.accepted))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Presented::Latest, true),
+            (Presented::Predecessor, true),
+            (Presented::Older, false),
+            (Presented::Latest, true),
+            (Presented::Older, false),
+        ]
+    );
+    assert!(fake.presentations().iter().all(|p| p.merchant == "m1"));
+
+    // Without the grace rule the old token dies at once.
+    fake.set_rotation_grace(false);
+    let before = fake.current_refresh_token("m1").unwrap();
+    let after = new_refresh(json_of(refresh(&fake, &before).await).await);
+    assert_eq!(refresh(&fake, &before).await.status(), 400);
+    assert_eq!(
+        fake.presentations().last().unwrap().presented,
+        Presented::Older
+    );
+    assert_eq!(refresh(&fake, &after).await.status(), 200);
 }

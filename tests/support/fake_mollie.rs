@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -42,6 +42,8 @@ pub enum TokenMode {
     Normal,
     /// 503 with an HTML body.
     ServerError,
+    /// 500 with an HTML body.
+    InternalError,
     /// Never answers (sleeps one hour).
     Hang,
     /// 200 with body `<html>oops</html>`.
@@ -59,6 +61,32 @@ pub struct TokenRequest {
     pub basic_auth_ok: bool,
     pub content_type: String,
     pub params: HashMap<String, String>,
+}
+
+/// Where a refresh token presented in a refresh grant stands in its merchant's rotation
+/// chain when the fake answers it ([`FakeMollie::presentations`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented {
+    /// The merchant's newest refresh token.
+    Latest,
+    /// The one it replaced, whose successor was never used (valid under the grace rule).
+    Predecessor,
+    /// Any earlier one of that merchant (always `invalid_grant`).
+    Older,
+    /// Never issued, or the merchant was revoked (`invalid_grant`).
+    Unknown,
+}
+
+/// One refresh grant answered by the fake (not counted in a failure mode).
+#[derive(Debug, Clone)]
+pub struct Presentation {
+    pub merchant: String,
+    pub presented: Presented,
+    /// The grant was answered with new tokens (else `invalid_grant`).
+    pub accepted: bool,
+    /// When the fake received it and when it answered it.
+    pub received: Instant,
+    pub at: Instant,
 }
 
 /// One `DELETE /oauth2/tokens` (revocation) as received.
@@ -123,6 +151,9 @@ impl Inner {
 struct Merchant {
     /// The single currently valid refresh token (None once revoked).
     refresh_token: Option<String>,
+    /// With the grace rule: the refresh token `refresh_token` replaced, still valid until
+    /// `refresh_token` is first used.
+    previous_refresh: Option<String>,
     token_calls: usize,
     api_calls: usize,
     issued: usize,
@@ -151,6 +182,11 @@ struct FakeState {
     lifetime_secs: u64,
     omit_expires_in: bool,
     rotate: bool,
+    /// Rotation's grace rule (see [`FakeMollie::set_rotation_grace`]).
+    grace: bool,
+    presentations: Vec<Presentation>,
+    /// Woken after every refresh grant answered with new tokens.
+    answered: Arc<tokio::sync::Notify>,
     mode: TokenMode,
     delay: Duration,
     content_type: String,
@@ -161,6 +197,8 @@ struct FakeState {
     fail_revocations: bool,
     /// Every secret issued is appended here (see [`secrets_dir`]); empty = not recorded.
     secrets_file: PathBuf,
+    /// Keep every token and API request (off for a long run: see [`FakeMollie::lean`]).
+    record_requests: bool,
 }
 
 impl FakeState {
@@ -173,6 +211,9 @@ impl FakeState {
             lifetime_secs: DEFAULT_TOKEN_LIFETIME,
             omit_expires_in: false,
             rotate: false,
+            grace: false,
+            presentations: Vec::new(),
+            answered: Arc::new(tokio::sync::Notify::new()),
             mode: TokenMode::Normal,
             delay: Duration::ZERO,
             content_type: "text/html; charset=utf-8".to_string(),
@@ -181,6 +222,7 @@ impl FakeState {
             revocations: Vec::new(),
             fail_revocations: false,
             secrets_file: PathBuf::new(),
+            record_requests: true,
         }
     }
 
@@ -202,16 +244,53 @@ impl FakeState {
         self.record_secret(refresh_token);
         self.refresh_owner
             .insert(refresh_token.to_string(), merchant.to_string());
-        self.merchants
-            .entry(merchant.to_string())
-            .or_default()
-            .refresh_token = Some(refresh_token.to_string());
+        let m = self.merchants.entry(merchant.to_string()).or_default();
+        m.refresh_token = Some(refresh_token.to_string());
+        m.previous_refresh = None;
     }
 
     fn refresh_valid_for(&self, refresh_token: &str) -> Option<String> {
-        let m = self.refresh_owner.get(refresh_token)?;
-        let cur = self.merchants.get(m)?.refresh_token.as_deref()?;
-        (cur == refresh_token).then(|| m.clone())
+        match self.presented(refresh_token) {
+            (Some(m), Presented::Latest | Presented::Predecessor) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Whose `refresh_token` is and where it stands in that merchant's rotation chain.
+    fn presented(&self, refresh_token: &str) -> (Option<String>, Presented) {
+        let Some(owner) = self.refresh_owner.get(refresh_token) else {
+            return (None, Presented::Unknown);
+        };
+        let Some(m) = self.merchants.get(owner) else {
+            return (Some(owner.clone()), Presented::Unknown);
+        };
+        let kind = if m.refresh_token.is_none() {
+            Presented::Unknown
+        } else if m.refresh_token.as_deref() == Some(refresh_token) {
+            Presented::Latest
+        } else if self.grace && m.previous_refresh.as_deref() == Some(refresh_token) {
+            Presented::Predecessor
+        } else {
+            Presented::Older
+        };
+        (Some(owner.clone()), kind)
+    }
+
+    /// Rotates `merchant`'s refresh token after a refresh grant that presented `used`:
+    /// with the grace rule, the token it replaces stays valid until the new one is used.
+    fn rotate_after(&mut self, merchant: &str, used: &str) -> String {
+        let new_rt = format!("refresh_{merchant}_{}", rand_alnum(16));
+        self.record_secret(&new_rt);
+        self.refresh_owner
+            .insert(new_rt.clone(), merchant.to_string());
+        let m = self.merchants.entry(merchant.to_string()).or_default();
+        // Presenting the newest token uses it: its predecessor dies. Presenting the
+        // predecessor (its successor never used) keeps the predecessor as the one in grace.
+        if m.refresh_token.as_deref() == Some(used) {
+            m.previous_refresh = m.refresh_token.take();
+        }
+        m.refresh_token = Some(new_rt.clone());
+        new_rt
     }
 
     fn invalidate_access(&mut self, merchant: &str) {
@@ -263,8 +342,10 @@ impl FakeState {
 
 /// Where every fake records the secrets it issues, one file per fake (`<pid>-<port>.txt`, one
 /// secret per line), so that `tests/zz_log_secrets.rs` can check that no gateway log holds one.
+/// (Outside tests, e.g. the soak's `examples/soak.rs`: under the system's temporary directory.)
 pub fn secrets_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-secrets");
+    let tmp = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = tmp.join("fake-secrets");
     std::fs::create_dir_all(&dir).expect("create fake-secrets dir");
     dir
 }
@@ -405,6 +486,7 @@ async fn token_handler(
     let grant_type = params.get("grant_type").cloned().unwrap_or_default();
 
     inner.token_calls.fetch_add(1, Ordering::SeqCst);
+    let received = Instant::now();
     let (delay, mode) = {
         let mut st = inner.lock();
         let merchant = match grant_type.as_str() {
@@ -421,12 +503,14 @@ async fn token_handler(
         if let Some(m) = merchant {
             st.merchants.entry(m).or_default().token_calls += 1;
         }
-        st.token_requests.push(TokenRequest {
-            grant_type: grant_type.clone(),
-            basic_auth_ok: auth_ok,
-            content_type: content_type.clone(),
-            params: params.clone(),
-        });
+        if st.record_requests {
+            st.token_requests.push(TokenRequest {
+                grant_type: grant_type.clone(),
+                basic_auth_ok: auth_ok,
+                content_type: content_type.clone(),
+                params: params.clone(),
+            });
+        }
         (st.delay, st.mode)
     };
 
@@ -441,6 +525,13 @@ async fn token_handler(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/html; charset=utf-8",
                 "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+            )
+        }
+        TokenMode::InternalError => {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/html; charset=utf-8",
+                "<html><body><h1>500 Internal Server Error</h1></body></html>",
             )
         }
         TokenMode::Hang => {
@@ -488,17 +579,26 @@ async fn token_handler(
             let Some(rt) = params.get("refresh_token") else {
                 return invalid_request();
             };
-            let Some(merchant) = st.refresh_valid_for(rt) else {
+            let (owner, presented) = st.presented(rt);
+            let accepted = matches!(presented, Presented::Latest | Presented::Predecessor);
+            st.presentations.push(Presentation {
+                merchant: owner.clone().unwrap_or_default(),
+                presented,
+                accepted,
+                received,
+                at: Instant::now(),
+            });
+            let (Some(merchant), true) = (owner, accepted) else {
                 return invalid_grant("The refresh token is invalid");
             };
             let rt = if st.rotate {
-                let new_rt = format!("refresh_{merchant}_{}", rand_alnum(16));
-                st.set_refresh(&merchant, &new_rt);
-                new_rt
+                st.rotate_after(&merchant, rt)
             } else {
                 rt.clone()
             };
-            st.issue(&merchant, &rt)
+            let answer = st.issue(&merchant, &rt);
+            st.answered.notify_waiters();
+            answer
         }
         "authorization_code" => {
             let Some(code) = params.get("code") else {
@@ -566,6 +666,7 @@ async fn revoke_handler(
             if let Some(merchant) = st.refresh_valid_for(token) {
                 if let Some(m) = st.merchants.get_mut(&merchant) {
                     m.refresh_token = None;
+                    m.previous_refresh = None;
                 }
                 st.invalidate_access(&merchant);
             }
@@ -615,14 +716,16 @@ async fn api_handler(State(inner): State<Arc<Inner>>, req: Request) -> Response 
         if let Some(m) = &merchant {
             st.merchants.entry(m.clone()).or_default().api_calls += 1;
         }
-        st.api_requests.push(ApiRequest {
-            method: method.clone(),
-            path: path.clone(),
-            query: query.clone(),
-            headers: headers.clone(),
-            body: body.to_vec(),
-            merchant: merchant.clone(),
-        });
+        if st.record_requests {
+            st.api_requests.push(ApiRequest {
+                method: method.clone(),
+                path: path.clone(),
+                query: query.clone(),
+                headers: headers.clone(),
+                body: body.to_vec(),
+                merchant: merchant.clone(),
+            });
+        }
         merchant
     };
     let Some(merchant) = merchant else {
@@ -793,6 +896,15 @@ impl FakeMollie {
         code
     }
 
+    /// For a long run (the soak): issued secrets are no longer appended to the file in
+    /// [`secrets_dir`], and token and API requests are no longer kept ([`Self::token_requests`],
+    /// [`Self::api_requests`] stay empty); counters and [`Self::presentations`] go on.
+    pub fn lean(&self) {
+        let mut st = self.inner.lock();
+        st.secrets_file = PathBuf::new();
+        st.record_requests = false;
+    }
+
     /// `expires_in` of new tokens, also enforced by the API (default 3600).
     pub fn set_token_lifetime(&self, secs: u64) {
         self.inner.lock().lifetime_secs = secs;
@@ -813,6 +925,7 @@ impl FakeMollie {
         let mut st = self.inner.lock();
         if let Some(m) = st.merchants.get_mut(merchant) {
             m.refresh_token = None;
+            m.previous_refresh = None;
         }
         st.invalidate_access(merchant);
     }
@@ -820,6 +933,31 @@ impl FakeMollie {
     /// When true, each refresh returns a new refresh token and the old one stops working.
     pub fn set_rotate_refresh_tokens(&self, rotate: bool) {
         self.inner.lock().rotate = rotate;
+    }
+
+    /// Rotation's grace rule, as OAuth servers that rotate refresh tokens have it: a
+    /// rotated-out refresh token stays valid until its successor is first used, so a client
+    /// that crashed between the answer and saving the new token can refresh with the old one.
+    /// Off: the old token dies at once.
+    pub fn set_rotation_grace(&self, grace: bool) {
+        self.inner.lock().grace = grace;
+    }
+
+    /// Every refresh grant answered (outside the failure modes), in order: whose token it
+    /// was, where it stood in the merchant's rotation chain, whether it was accepted.
+    pub fn presentations(&self) -> Vec<Presentation> {
+        self.inner.lock().presentations.clone()
+    }
+
+    /// How many refresh grants were answered so far (see [`FakeMollie::presentations`]).
+    pub fn presentations_len(&self) -> usize {
+        self.inner.lock().presentations.len()
+    }
+
+    /// Woken (`notify_waiters`) each time a refresh grant is answered with new tokens, just
+    /// before the answer is sent.
+    pub fn answered(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.lock().answered.clone()
     }
 
     pub fn set_token_mode(&self, mode: TokenMode) {
@@ -894,6 +1032,17 @@ impl FakeMollie {
             .merchants
             .get(merchant)
             .and_then(|m| m.current_access.clone())
+    }
+
+    /// The refresh token the merchant's current one replaced by rotation (None after a new
+    /// authorization or a revocation); valid only under the grace rule, until its successor
+    /// is first used.
+    pub fn previous_refresh_token(&self, merchant: &str) -> Option<String> {
+        self.inner
+            .lock()
+            .merchants
+            .get(merchant)
+            .and_then(|m| m.previous_refresh.clone())
     }
 
     /// The merchant's currently valid refresh token (None if unknown or revoked).
