@@ -428,7 +428,13 @@ async fn list_merchants(parts: &Parts) -> Result<ExitCode, StartError> {
             (false, false) => "active",
         };
         let kind = m.credential_kind().as_str();
-        println!("{:<40} {:<8} {:<15} {}", id.as_str(), state, kind, m.updated_at);
+        println!(
+            "{:<40} {:<8} {:<15} {}",
+            id.as_str(),
+            state,
+            kind,
+            m.updated_at
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -145,7 +145,10 @@ struct Slot {
 impl Slot {
     fn new(stored: StoredMerchant) -> Slot {
         // Its shape was checked when it was stored: a static credential is a header value.
-        let token = stored.static_credential.as_ref().and_then(CachedToken::fixed);
+        let token = stored
+            .static_credential
+            .as_ref()
+            .and_then(CachedToken::fixed);
         Slot {
             refresh_token: stored.refresh_token,
             token,

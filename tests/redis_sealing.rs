@@ -120,7 +120,12 @@ fn add_api_key(gw: &Gateway, id: &str, key: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(key.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(key.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
 }
@@ -181,7 +186,14 @@ async fn a_record_copied_to_another_merchant_does_not_decrypt() {
     gw.onboard(&fake, "m1");
     let data = record(&redis, "m1");
     assert!(data.contains("ciphertext"), "{data}");
-    redis.call(&["HSET", &format!("{PREFIX}merchant:m9"), "version", "999", "data", &data]);
+    redis.call(&[
+        "HSET",
+        &format!("{PREFIX}merchant:m9"),
+        "version",
+        "999",
+        "data",
+        &data,
+    ]);
     redis.call(&["SADD", &format!("{PREFIX}merchants"), "m9"]);
     gw.spawn();
     assert_eq!(status(&gw, "m1").await.0, 200);
@@ -214,14 +226,25 @@ async fn rekey_reseals_every_record_while_refreshes_rotate() {
     let plain = "refresh_p1_plaintextrecord0001";
     fake.add_merchant_with("p1", plain);
     let old = format!(r#"{{"refresh_token":"{plain}","revoked":false,"updated_at":1}}"#);
-    redis.call(&["HSET", &format!("{PREFIX}merchant:p1"), "version", "500", "data", &old]);
+    redis.call(&[
+        "HSET",
+        &format!("{PREFIX}merchant:p1"),
+        "version",
+        "500",
+        "data",
+        &old,
+    ]);
     redis.call(&["SADD", &format!("{PREFIX}merchants"), "p1"]);
 
     // The new key goes in; every process restarts with it; then rekey runs under load.
     write_keys(&keys, &[K1, K2]);
     let mut gw = replica(&fake, &redis, &keys, "b");
     gw.spawn();
-    assert_eq!(status(&gw, "p1").await.0, 200, "the plaintext record is read");
+    assert_eq!(
+        status(&gw, "p1").await.0,
+        200,
+        "the plaintext record is read"
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let base = gw.base_url();
@@ -264,7 +287,10 @@ async fn rekey_reseals_every_record_while_refreshes_rotate() {
     assert!(out.status.success(), "{out:?}");
     assert!(said.contains("5 record(s) under key k2"), "{said}");
     let rounds = load.await.unwrap();
-    assert!(rounds >= 3 && during >= 5, "{rounds} rounds, {during} refreshes");
+    assert!(
+        rounds >= 3 && during >= 5,
+        "{rounds} rounds, {during} refreshes"
+    );
     for id in ["m1", "m2", "m3", "m4", "p1"] {
         let data = record(&redis, id);
         assert!(data.contains("\"key_id\":\"k2\""), "{id}: {data}");
@@ -293,7 +319,10 @@ async fn the_fallback_file_is_sealed_too() {
         RedisStore::open_sealed(&redis.url(), PREFIX, &fallback, sealing).unwrap();
     let m1 = MerchantId::parse("m1").unwrap();
     store
-        .put(&m1, &StoredMerchant::new(RefreshToken::new("refresh_first_0001")))
+        .put(
+            &m1,
+            &StoredMerchant::new(RefreshToken::new("refresh_first_0001")),
+        )
         .await
         .unwrap();
     assert!(!record(&redis, "m1").contains("refresh_first_0001"));

@@ -109,7 +109,12 @@ fn last_bearer(fake: &FakeMollie) -> String {
     last.header("authorization").unwrap_or_default().to_string()
 }
 
-async fn admin(gw: &Gateway, method: reqwest::Method, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+async fn admin(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut req = client()
         .request(method, format!("{}{path}", gw.admin_url()))
         .header("Authorization", format!("Bearer {ADMIN_TOKEN}"));
@@ -122,8 +127,8 @@ async fn admin(gw: &Gateway, method: reqwest::Method, path: &str, body: Option<&
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_key_from_stdin_is_sealed_injected_never_refreshed_and_forgotten_without_revocation(
-) {
+async fn an_api_key_from_stdin_is_sealed_injected_never_refreshed_and_forgotten_without_revocation()
+{
     let fake = FakeMollie::start().await;
     let key = fake.issue_static("m1", "test");
     let (_keys_dir, keys) = key_file();
@@ -137,10 +142,18 @@ async fn an_api_key_from_stdin_is_sealed_injected_never_refreshed_and_forgotten_
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("standard input"), "{}", text(&out));
     assert!(!text(&out).contains(&key), "{}", text(&out));
-    let out = cli_with_stdin(&gw, &["merchants", "add", "m1", "--api-key", "-"], "live_short\n");
+    let out = cli_with_stdin(
+        &gw,
+        &["merchants", "add", "m1", "--api-key", "-"],
+        "live_short\n",
+    );
     assert!(!out.status.success());
     assert!(text(&out).contains("30 or more"), "{}", text(&out));
-    let out = cli_with_stdin(&gw, &["merchants", "add", "m1", "--api-key", "-"], &format!("{key}\n"));
+    let out = cli_with_stdin(
+        &gw,
+        &["merchants", "add", "m1", "--api-key", "-"],
+        &format!("{key}\n"),
+    );
     assert!(out.status.success(), "{}", text(&out));
 
     // Sealed at rest: the raw store file does not hold the key.
@@ -151,7 +164,9 @@ async fn an_api_key_from_stdin_is_sealed_injected_never_refreshed_and_forgotten_
     let out = gw.cli(&["merchants", "list"]);
     let listed = text(&out);
     assert!(
-        listed.lines().any(|l| l.starts_with("m1 ") && l.contains("api_key")),
+        listed
+            .lines()
+            .any(|l| l.starts_with("m1 ") && l.contains("api_key")),
         "{listed}"
     );
 
@@ -161,13 +176,23 @@ async fn an_api_key_from_stdin_is_sealed_injected_never_refreshed_and_forgotten_
         assert_eq!(status, 200, "{body}");
         assert_eq!(last_bearer(&fake), format!("Bearer {key}"));
     }
-    assert_eq!(fake.token_calls(), 0, "a static credential is never refreshed");
+    assert_eq!(
+        fake.token_calls(),
+        0,
+        "a static credential is never refreshed"
+    );
     let (status, list) = admin(&gw, reqwest::Method::GET, "/admin/merchants", None).await;
     assert_eq!(status, 200);
     assert_eq!(list[0]["credential_kind"], "api_key", "{list}");
     assert!(list[0]["access_token_expires_at"].is_null(), "{list}");
     // A forced refresh has nothing to do: still no token call.
-    let (status, _) = admin(&gw, reqwest::Method::POST, "/admin/merchants/m1/refresh", None).await;
+    let (status, _) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/admin/merchants/m1/refresh",
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(fake.token_calls(), 0);
 
@@ -175,8 +200,14 @@ async fn an_api_key_from_stdin_is_sealed_injected_never_refreshed_and_forgotten_
     let (status, body) = admin(&gw, reqwest::Method::DELETE, "/admin/merchants/m1", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["removed"], true);
-    assert!(fake.revocations().is_empty(), "no revocation for a static credential");
-    assert!(gw.metrics().await.contains("revocations_total{outcome=\"static_credential\"} 1"));
+    assert!(
+        fake.revocations().is_empty(),
+        "no revocation for a static credential"
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains("revocations_total{outcome=\"static_credential\"} 1"));
     let (status, code, _) = get(&gw, "m1").await;
     assert_eq!((status, code.as_str()), (401, "unknown_merchant"));
 }
@@ -302,11 +333,17 @@ async fn an_api_key_gets_no_defaults_and_a_test_caller_no_live_key() {
             .clone()
     };
     let body = String::from_utf8_lossy(&seen("m2", "POST").body).into_owned();
-    assert!(body.contains("pfl_default") && body.contains("testmode"), "{body}");
+    assert!(
+        body.contains("pfl_default") && body.contains("testmode"),
+        "{body}"
+    );
     assert_eq!(seen("m2", "GET").query.as_deref(), Some("testmode=true"));
     let post = seen("test1", "POST");
     assert_eq!(String::from_utf8_lossy(&post.body), payment);
-    assert_eq!(post.header("authorization"), Some(format!("Bearer {test}").as_str()));
+    assert_eq!(
+        post.header("authorization"),
+        Some(format!("Bearer {test}").as_str())
+    );
     assert_eq!(seen("test1", "GET").query, None);
 
     // A test caller key: refused for the live API key merchant, served for the test one.
@@ -346,5 +383,8 @@ async fn an_api_key_gets_no_defaults_and_a_test_caller_no_live_key() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(last_bearer(&fake), format!("Bearer {live}"));
-    assert_eq!(fake.token_calls_for("test1") + fake.token_calls_for("live1"), 0);
+    assert_eq!(
+        fake.token_calls_for("test1") + fake.token_calls_for("live1"),
+        0
+    );
 }

@@ -242,7 +242,12 @@ async fn list(State(api): Api) -> Result<Response, AdminError> {
         .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
     for m in stored {
         if all.iter().all(|s| s.id != m.id) {
-            all.push(stored_status(m.id, m.credential_kind, m.revoked, m.removing));
+            all.push(stored_status(
+                m.id,
+                m.credential_kind,
+                m.revoked,
+                m.removing,
+            ));
         }
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
@@ -269,8 +274,7 @@ async fn put(
             api_key: Some(_), ..
         })) => "add_api_key",
         Ok(AnyJson(PutMerchant {
-            org_token: Some(_),
-            ..
+            org_token: Some(_), ..
         })) => "add_org_token",
         _ => "add_refresh_token",
     };
@@ -296,9 +300,7 @@ async fn put_merchant(
         put.org_token.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return bad(
-            "give exactly one of refresh_token, authorization_code, api_key and org_token",
-        );
+        return bad("give exactly one of refresh_token, authorization_code, api_key and org_token");
     }
     let fixed = match (put.api_key, put.org_token) {
         (Some(key), _) => Some((CredentialKind::ApiKey, key)),

@@ -243,5 +243,8 @@ fn the_redis_backend_takes_a_key_file_and_checks_it() {
         .unwrap_err()
         .problems
         .join("\n");
-    assert!(err.contains("store.encryption_key_file") && err.contains("line 1"), "{err}");
+    assert!(
+        err.contains("store.encryption_key_file") && err.contains("line 1"),
+        "{err}"
+    );
 }

@@ -134,7 +134,10 @@ impl SecretFields {
     ) -> Result<(RefreshToken, Option<StaticCredential>), CryptoError> {
         let open_static = |kind, field, stored| {
             let token = StaticToken::new(sealing.open(id, field, stored)?);
-            Ok((RefreshToken::default(), Some(StaticCredential { kind, token })))
+            Ok((
+                RefreshToken::default(),
+                Some(StaticCredential { kind, token }),
+            ))
         };
         match (&self.refresh_token, &self.api_key, &self.org_token) {
             (Some(rt), None, None) => {
@@ -170,7 +173,11 @@ mod tests {
         let test = format!("test_{}", "B9_".repeat(10));
         let c = StaticCredential::parse(CredentialKind::ApiKey, &test).unwrap();
         assert!(!c.is_live_api_key());
-        for bad in ["live_short", "access_abc", "live_aaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x"] {
+        for bad in [
+            "live_short",
+            "access_abc",
+            "live_aaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x",
+        ] {
             let e = StaticCredential::parse(CredentialKind::ApiKey, bad).unwrap_err();
             assert!(!e.contains(bad) && e.contains("API key"), "{e}");
         }

@@ -53,7 +53,11 @@ fn crypto_err(id: &MerchantId, source: CryptoError) -> StoreError {
 }
 
 /// The record's bytes, its secrets sealed with `sealing` (plaintext without a key file).
-pub fn encode_record(sealing: &Sealing, id: &MerchantId, r: &Record) -> Result<Vec<u8>, StoreError> {
+pub fn encode_record(
+    sealing: &Sealing,
+    id: &MerchantId,
+    r: &Record,
+) -> Result<Vec<u8>, StoreError> {
     let m = &r.merchant;
     let f = SecretFields::seal(sealing, id, m).map_err(|e| crypto_err(id, e))?;
     let access = match &r.access {
@@ -83,7 +87,11 @@ pub fn encode_record(sealing: &Sealing, id: &MerchantId, r: &Record) -> Result<V
 
 /// The inverse of [`encode_record`]; a record that does not parse or does not open is an
 /// error, never overwritten.
-pub fn decode_record(sealing: &Sealing, id: &MerchantId, bytes: &[u8]) -> Result<Record, StoreError> {
+pub fn decode_record(
+    sealing: &Sealing,
+    id: &MerchantId,
+    bytes: &[u8],
+) -> Result<Record, StoreError> {
     let w: Wire = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         path: format!("redis record of merchant {id}"),
         reason: e.to_string(),
@@ -149,7 +157,10 @@ mod tests {
         let old = br#"{"refresh_token":"refresh_secret","revoked":false,"updated_at":3}"#;
         let read = decode_record(&plain, &id, old).unwrap();
         assert_eq!(read.merchant.refresh_token.expose(), "refresh_secret");
-        assert_eq!(read.merchant.credential_kind(), crate::store::CredentialKind::Oauth);
+        assert_eq!(
+            read.merchant.credential_kind(),
+            crate::store::CredentialKind::Oauth
+        );
     }
 
     #[test]
