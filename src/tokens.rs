@@ -1,6 +1,9 @@
 //! The token manager: each merchant's cached access token, refreshed before it expires, on
 //! demand, and after an upstream 401, one refresh per merchant at a time.
 //!
+//! A merchant stored with a static credential (API key, organization token) gets a slot whose
+//! token never expires and is never scheduled or refreshed ([`CachedToken::is_static`]).
+//!
 //! Owns: the cache (a `DashMap` of [`Slot`]s), the lifecycle rules of DESIGN.md §4 (expiry
 //! with a skew window capped at half the lifetime, single-flight refresh with a waiter timeout
 //! and a stuck-leader bound, jittered per-merchant backoff, `invalid_grant` → revoked), the

@@ -1,7 +1,8 @@
 //! Durable merchant credentials: the [`CredentialStore`] trait and its backends.
 //!
 //! Owns: what is kept across restarts, per merchant: the refresh token (losing it means the
-//! merchant must authorize again), whether it was revoked, and when it last changed. Access
+//! merchant must authorize again) or a static credential ([`credential`]), whether it was
+//! revoked, and when it last changed. Access
 //! tokens are not stored: they live an hour and are re-fetched on demand.
 //! Must not: hold a lock across `.await` in callers' paths, or ever write a partial record.
 //! Backends: [`file::FileStore`] (embedded default), [`redis::RedisStore`] (several replicas:

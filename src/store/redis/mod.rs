@@ -6,6 +6,11 @@
 //! put a secret in a key name, a log line or an error (the URL may hold a password, so it is
 //! never shown), or hang a caller (every operation is bounded by [`OP_TIMEOUT`]).
 //!
+//! Secrets at rest: with `store.encryption_key_file`, [`encode_record`] seals the credential
+//! and the shared access token (`store::crypto`, the merchant id as associated data), the
+//! fallback file is sealed like the file store, and `store rekey` re-writes every record
+//! through the compare-and-set. A record that does not open refuses that merchant only.
+//!
 //! Layout, under `store.key_prefix` (`P`):
 //! - `P merchant:<id>`: a hash `{version, data}`; `data` is the record from [`encode_record`]
 //!   (refresh token, state, `updated_at`, and the current access token with its expiry).
