@@ -188,4 +188,41 @@ mod tests {
         }
         assert!(format!("{c:?}").contains("***") && !format!("{c:?}").contains("B9_"));
     }
+
+    #[test]
+    fn a_static_credential_is_sealed_under_its_own_field() {
+        use crate::store::crypto::Keyring;
+        let ring = Keyring::parse("k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+        let sealing = Sealing::new(Some(std::sync::Arc::new(ring)));
+        let id = MerchantId::parse("m1").unwrap();
+        let key = format!("test_{}", "x".repeat(32));
+        let c = StaticCredential::parse(CredentialKind::ApiKey, &key).unwrap();
+        let stored = StoredMerchant::with_static(c.clone());
+        let fields = SecretFields::seal(&sealing, &id, &stored).unwrap();
+        assert!(fields.refresh_token.is_none() && fields.org_token.is_none());
+        assert!(!fields.is_plain());
+        let (rt, opened) = fields.open(&sealing, &id).unwrap();
+        assert!(rt.is_empty());
+        assert_eq!(opened, Some(c));
+        // The same sealed value under another field name does not open.
+        let moved = SecretFields {
+            org_token: fields.api_key.clone(),
+            ..SecretFields::default()
+        };
+        assert!(matches!(
+            moved.open(&sealing, &id),
+            Err(CryptoError::Open { .. })
+        ));
+        // Two credentials, or none: refused.
+        let both = SecretFields {
+            refresh_token: Some(StoredSecret::Plain("refresh_x".into())),
+            api_key: fields.api_key,
+            org_token: None,
+        };
+        assert!(matches!(
+            both.open(&sealing, &id),
+            Err(CryptoError::Malformed { .. })
+        ));
+        assert!(SecretFields::default().open(&sealing, &id).is_err());
+    }
 }
