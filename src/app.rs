@@ -180,8 +180,13 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn CredentialStore>, Start
                 .map_err(|e| StartError(format!("store.path: {e}")))?,
         ),
         StoreBackend::Redis => Arc::new(
-            RedisStore::open(&s.redis_url, &s.key_prefix, &s.fallback_path)
-                .map_err(|e| StartError(format!("store: {e}")))?,
+            RedisStore::open_sealed(
+                &s.redis_url,
+                &s.key_prefix,
+                &s.fallback_path,
+                sealing(settings)?,
+            )
+            .map_err(|e| StartError(format!("store: {e}")))?,
         ),
     })
 }

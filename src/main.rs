@@ -1,7 +1,8 @@
 //! The `mollie-gateway` command: wiring only.
 //!
 //! - `run` (default): serve the proxy (see `app::build_server`).
-//! - `merchants add ID (--refresh-token T | --code C [--redirect-uri U])`, `merchants list`,
+//! - `merchants add ID (--refresh-token T | --code C [--redirect-uri U] | --api-key - | --org-token -)`,
+//!   `merchants list`,
 //!   `merchants remove ID [--keep-authorization]`: act on the configured credential store
 //!   (`remove` revokes at Mollie first; exit code 3 when that did not happen).
 //! - `store rekey`: re-encrypt every stored record under the newest key of
@@ -18,6 +19,7 @@ use mollie_gateway::clients;
 use mollie_gateway::config::{self, LogFormat, Settings, Source};
 use mollie_gateway::reload::ConfigSource;
 use mollie_gateway::store::crypto::Keyring;
+use mollie_gateway::store::{CredentialKind, StaticCredential};
 use mollie_gateway::types::{MerchantId, RefreshToken, Secret};
 use std::collections::HashMap;
 use std::io::Read;
@@ -66,15 +68,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum MerchantsCommand {
-    /// Store a merchant: a refresh token as is, or an authorization code exchanged now.
+    /// Store a merchant: a refresh token as is, an authorization code exchanged now, or a
+    /// static API key / organization token (from standard input), used as it is.
+    #[command(group = clap::ArgGroup::new("credential").required(true).multiple(false))]
     Add {
         id: String,
         /// The merchant's refresh token (`-` reads it from standard input).
-        #[arg(long, conflicts_with = "code", required_unless_present = "code")]
+        #[arg(long, group = "credential")]
         refresh_token: Option<String>,
         /// An authorization code from Mollie's redirect (`-` reads it from standard input).
-        #[arg(long)]
+        #[arg(long, group = "credential")]
         code: Option<String>,
+        /// A static API key (`live_…`/`test_…`) used as it is, never refreshed: only `-`,
+        /// which reads it from standard input (never a command-line argument).
+        #[arg(long, group = "credential", value_name = "-")]
+        api_key: Option<String>,
+        /// A static organization access token (`access_…`), never refreshed: only `-`,
+        /// which reads it from standard input.
+        #[arg(long, group = "credential", value_name = "-")]
+        org_token: Option<String>,
         /// The redirect URI the code was issued for (default: oauth.redirect_uri if set).
         #[arg(long, requires = "code")]
         redirect_uri: Option<String>,
@@ -292,12 +304,20 @@ fn merchants(settings: Settings, cmd: MerchantsCommand) -> Result<ExitCode, Star
                 refresh_token,
                 code,
                 redirect_uri,
+                api_key,
+                org_token,
             } => {
                 let id = parse_id(&id)?;
-                match (refresh_token, code) {
-                    (Some(token), _) => add_refresh_token(&parts, &id, token).await?,
-                    (None, Some(code)) => add_code(&parts, &id, code, redirect_uri).await?,
-                    (None, None) => {} // clap requires one of them
+                match (refresh_token, code, api_key, org_token) {
+                    (Some(token), ..) => add_refresh_token(&parts, &id, token).await?,
+                    (None, Some(code), ..) => add_code(&parts, &id, code, redirect_uri).await?,
+                    (None, None, Some(key), _) => {
+                        add_static(&parts, &id, CredentialKind::ApiKey, key).await?
+                    }
+                    (None, None, None, Some(token)) => {
+                        add_static(&parts, &id, CredentialKind::OrgToken, token).await?
+                    }
+                    _ => {} // clap requires one of them
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -341,6 +361,35 @@ async fn add_refresh_token(
     Ok(())
 }
 
+/// `merchants add ID --api-key -` / `--org-token -`: read from stdin, shape-checked, stored.
+async fn add_static(
+    parts: &Parts,
+    id: &MerchantId,
+    kind: CredentialKind,
+    arg: String,
+) -> Result<(), StartError> {
+    let what = match kind {
+        CredentialKind::ApiKey => "API key",
+        _ => "organization access token",
+    };
+    if arg != "-" {
+        let flag = kind.as_str().replace('_', "-");
+        return Err(StartError(format!(
+            "--{flag} takes only `-` and reads the {what} from standard input (a command-line \
+             argument would show in the process list and the shell history)"
+        )));
+    }
+    let value = secret_arg(arg, what)?;
+    let credential = StaticCredential::parse(kind, &value).map_err(StartError)?;
+    parts
+        .tokens
+        .add_static(id, credential)
+        .await
+        .map_err(|e| StartError(e.to_string()))?;
+    println!("stored merchant {id} ({what}, used as it is, never refreshed)");
+    Ok(())
+}
+
 /// `merchants add ID --code C`: the code exchanged now, the result stored.
 async fn add_code(
     parts: &Parts,
@@ -368,14 +417,24 @@ async fn list_merchants(parts: &Parts) -> Result<ExitCode, StartError> {
         .load_all()
         .await
         .map_err(|e| StartError(e.to_string()))?;
-    println!("{:<40} {:<8} updated_at", "merchant", "state");
+    println!(
+        "{:<40} {:<8} {:<15} updated_at",
+        "merchant", "state", "credential_kind"
+    );
     for (id, m) in all {
         let state = match (m.removing, m.revoked) {
             (true, _) => "removing",
             (false, true) => "revoked",
             (false, false) => "active",
         };
-        println!("{:<40} {:<8} {}", id.as_str(), state, m.updated_at);
+        let kind = m.credential_kind().as_str();
+        println!(
+            "{:<40} {:<8} {:<15} {}",
+            id.as_str(),
+            state,
+            kind,
+            m.updated_at
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -400,6 +459,13 @@ async fn remove_merchant(
     let not_revoked = match removal.outcome {
         O::Revoked | O::AlreadyInvalid => {
             println!("removed merchant {id} (authorization revoked at Mollie)");
+            return Ok(ExitCode::SUCCESS);
+        }
+        O::StaticCredential => {
+            println!(
+                "removed merchant {id} (a static credential: nothing revoked at Mollie; revoke \
+                 the key or token in Mollie's dashboard if it must stop working)"
+            );
             return Ok(ExitCode::SUCCESS);
         }
         O::Skipped => {

@@ -15,11 +15,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// The `outcome` values of `replays_total` (README "401 replay").
-pub const REPLAY_OUTCOMES: [&str; 4] = [
+pub const REPLAY_OUTCOMES: [&str; 5] = [
     "replayed",
     "rejected_again",
     "body_too_large",
     "refresh_failed",
+    "static_credential",
 ];
 /// The `grant` and `outcome` values of `token_refreshes_total`.
 pub const REFRESH_GRANTS: [&str; 2] = ["refresh_token", "authorization_code"];
@@ -191,8 +192,8 @@ impl Metrics {
             replays: counter_vec(
                 r,
                 "replays_total",
-                "Requests replayed after an upstream 401, by outcome (replayed, rejected_again, \
-                 body_too_large, refresh_failed).",
+                "What became of each upstream 401, by outcome (replayed, rejected_again, \
+                 body_too_large, refresh_failed, static_credential: passed back, never replayed).",
                 &["outcome"],
             ),
             token_refreshes: counter_vec(

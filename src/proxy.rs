@@ -249,7 +249,7 @@ impl Gateway {
         }
         s.enable_retry_buffering();
         let defaults = self.live.defaults.load_full();
-        let plan = match defaults.plan(s, &merchant, caller.key).await {
+        let plan = match defaults.plan(s, &merchant, caller.key, &token).await {
             Ok(plan) => plan,
             Err(PlanError::Body(e)) => return self.fail(s, ctx, Failure::Downstream(e)).await,
             Err(PlanError::Forbidden(why)) => {
@@ -358,6 +358,7 @@ impl Gateway {
         loop {
             let result = self.attempt(s, ctx, out, &token, history).await;
             let request = exchange::Request {
+                static_credential: token.is_static(),
                 idempotent,
                 body_at_hand: out.plan.body.is_some() || !s.retry_buffer_truncated(),
             };
@@ -375,7 +376,7 @@ impl Gateway {
             };
             if attempt == Attempt::Answered(StatusCode::UNAUTHORIZED) {
                 self.metrics.upstream_401.inc();
-                if !history.replayed {
+                if !history.replayed && !token.is_static() {
                     // Only the token that was used; a newer one from a concurrent refresh stays.
                     self.tokens.invalidate(merchant, token.id);
                 }

@@ -1,6 +1,9 @@
 //! The token manager: each merchant's cached access token, refreshed before it expires, on
 //! demand, and after an upstream 401, one refresh per merchant at a time.
 //!
+//! A merchant stored with a static credential (API key, organization token) gets a slot whose
+//! token never expires and is never scheduled or refreshed ([`CachedToken::is_static`]).
+//!
 //! Owns: the cache (a `DashMap` of [`Slot`]s), the lifecycle rules of DESIGN.md §4 (expiry
 //! with a skew window capped at half the lifetime, single-flight refresh with a waiter timeout
 //! and a stuck-leader bound, jittered per-merchant backoff, `invalid_grant` → revoked), the
@@ -30,7 +33,7 @@
 
 use crate::metrics::Metrics;
 use crate::oauth::TokenEndpoint;
-use crate::store::{CredentialStore, StoredMerchant};
+use crate::store::{CredentialKind, CredentialStore, StaticCredential, StoredMerchant};
 use crate::types::{MerchantId, RefreshToken};
 use dashmap::DashMap;
 use http::HeaderValue;
@@ -67,7 +70,43 @@ pub struct CachedToken {
     pub times: TokenTimes,
     /// Wall-clock expiry, for operators (`GET /admin/merchants`).
     pub expires_at: SystemTime,
+    /// What the merchant is stored with: a static credential never expires, is never
+    /// refreshed, and an upstream 401 for it is passed back (no replay).
+    pub kind: CredentialKind,
+    /// A `live_` API key: live data only, whatever the caller asks.
+    pub live_api_key: bool,
 }
+
+impl CachedToken {
+    /// The token of a static credential: usable until the merchant changes (a century, for
+    /// the timing rules), never scheduled for a refresh.
+    fn fixed(credential: &StaticCredential) -> Option<Arc<CachedToken>> {
+        let mut bearer =
+            HeaderValue::try_from(format!("Bearer {}", credential.token().expose())).ok()?;
+        bearer.set_sensitive(true);
+        let far = Instant::now() + STATIC_LIFETIME;
+        Some(Arc::new(CachedToken {
+            bearer,
+            id: 0,
+            times: TokenTimes {
+                refresh_at: far,
+                usable_until: far,
+                background_at: far,
+            },
+            expires_at: SystemTime::now() + STATIC_LIFETIME,
+            kind: credential.kind(),
+            live_api_key: credential.is_live_api_key(),
+        }))
+    }
+
+    /// Whether the gateway refreshes this token (OAuth), or uses it as it is.
+    pub fn is_static(&self) -> bool {
+        self.kind != CredentialKind::Oauth
+    }
+}
+
+/// How long the timing rules take a static credential to last (it never expires).
+const STATIC_LIFETIME: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
 
 impl fmt::Debug for CachedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -108,9 +147,14 @@ struct Slot {
 
 impl Slot {
     fn new(stored: StoredMerchant) -> Slot {
+        // Its shape was checked when it was stored: a static credential is a header value.
+        let token = stored
+            .static_credential
+            .as_ref()
+            .and_then(CachedToken::fixed);
         Slot {
             refresh_token: stored.refresh_token,
-            token: None,
+            token,
             revoked: stored.revoked,
             failures: 0,
             backoff_until: None,
@@ -118,6 +162,20 @@ impl Slot {
             inflight: None,
             last_refresh: None,
             seen_expiry_ms: 0,
+        }
+    }
+
+    /// Whether this slot already holds the stored authorization (or static credential).
+    fn holds(&self, stored: &StoredMerchant) -> bool {
+        let fixed = self.token.as_ref().filter(|t| t.is_static());
+        match (&stored.static_credential, fixed) {
+            (None, None) => {
+                self.refresh_token == stored.refresh_token && self.revoked == stored.revoked
+            }
+            (Some(c), Some(t)) => {
+                t.bearer.as_bytes().strip_prefix(b"Bearer ") == Some(c.token().expose().as_bytes())
+            }
+            _ => false,
         }
     }
 

@@ -141,6 +141,12 @@ secret_string!(
     /// Any other secret: the OAuth client secret, the admin token.
     Secret
 );
+secret_string!(
+    /// A static Mollie credential a merchant is stored with instead of a refresh token: an
+    /// API key (`live_…`/`test_…`) or an organization access token (`access_…`). Never
+    /// refreshed, never revoked by the gateway.
+    StaticToken
+);
 
 /// Masked: a set secret serializes as `***`, an unset one as `""`, so that printing the
 /// configuration (`check-config`) shows which secrets are set and never what they are.

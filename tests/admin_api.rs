@@ -206,11 +206,12 @@ async fn listing_shows_state_and_never_a_token() {
     assert!(m1["access_token_expires_at"].as_u64().unwrap() > support_now());
     assert!(m1["last_refresh_at"].as_u64().is_some());
     assert_eq!(m1["last_refresh_outcome"], "ok");
+    assert_eq!(m1["credential_kind"], "oauth");
     let keys: Vec<&String> = m1.as_object().unwrap().keys().collect();
     assert_eq!(
         keys.len(),
-        5,
-        "only id, state, expiry, last refresh and outcome: {keys:?}"
+        6,
+        "only id, credential kind, state, expiry, last refresh and outcome: {keys:?}"
     );
 
     let one = admin(&gw, "GET", "/admin/merchants/m1", None).await;

@@ -12,9 +12,9 @@
 use super::error::AdminError;
 use crate::config::Settings;
 use crate::error::GatewayError;
-use crate::store::CredentialStore;
+use crate::store::{CredentialKind, CredentialStore, StaticCredential};
 use crate::tokens::{MerchantStatus, TokenError, TokenManager};
-use crate::types::{MerchantId, RefreshToken, Secret};
+use crate::types::{MerchantId, RefreshToken, Secret, StaticToken};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::middleware::{self, Next};
@@ -54,6 +54,10 @@ struct PutMerchant {
     refresh_token: Option<RefreshToken>,
     authorization_code: Option<Secret>,
     redirect_uri: Option<String>,
+    /// A static API key (`live_…`/`test_…`), used as it is.
+    api_key: Option<StaticToken>,
+    /// A static organization access token (`access_…`), used as it is.
+    org_token: Option<StaticToken>,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -113,7 +117,12 @@ impl AdminApi {
             return Ok(status);
         }
         match self.store.get(id).await {
-            Ok(Some(m)) => Ok(stored_status(id.clone(), m.revoked, m.removing)),
+            Ok(Some(m)) => Ok(stored_status(
+                id.clone(),
+                m.credential_kind(),
+                m.revoked,
+                m.removing,
+            )),
             Ok(None) => Err(not_found(id)),
             Err(e) => Err(GatewayError::StoreUnavailable(e.to_string()).into()),
         }
@@ -233,7 +242,12 @@ async fn list(State(api): Api) -> Result<Response, AdminError> {
         .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
     for m in stored {
         if all.iter().all(|s| s.id != m.id) {
-            all.push(stored_status(m.id, m.revoked, m.removing));
+            all.push(stored_status(
+                m.id,
+                m.credential_kind,
+                m.revoked,
+                m.removing,
+            ));
         }
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
@@ -256,6 +270,12 @@ async fn put(
             authorization_code: Some(_),
             ..
         })) => "add_code",
+        Ok(AnyJson(PutMerchant {
+            api_key: Some(_), ..
+        })) => "add_api_key",
+        Ok(AnyJson(PutMerchant {
+            org_token: Some(_), ..
+        })) => "add_org_token",
         _ => "add_refresh_token",
     };
     let result = match body {
@@ -273,6 +293,30 @@ async fn put_merchant(
 ) -> Result<Response, AdminError> {
     let redirect_uri = put.redirect_uri.filter(|u| !u.is_empty());
     let bad = |d: &str| Err(AdminError::BadRequest(d.into()));
+    let given = [
+        put.refresh_token.is_some(),
+        put.authorization_code.is_some(),
+        put.api_key.is_some(),
+        put.org_token.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return bad("give exactly one of refresh_token, authorization_code, api_key and org_token");
+    }
+    let fixed = match (put.api_key, put.org_token) {
+        (Some(key), _) => Some((CredentialKind::ApiKey, key)),
+        (_, Some(token)) => Some((CredentialKind::OrgToken, token)),
+        _ => None,
+    };
+    if let Some((kind, value)) = fixed {
+        if redirect_uri.is_some() {
+            return bad("redirect_uri goes only with authorization_code");
+        }
+        let credential = StaticCredential::parse(kind, value.expose())
+            .map_err(|e| AdminError::BadRequest(format!("{}: {e}", kind.as_str())))?;
+        let added = api.tokens.add_static(id, credential).await;
+        added.map_err(|e| token_error(id, e))?;
+        return Ok(ok_json(&api.status(id).await?));
+    }
     match (put.refresh_token, put.authorization_code) {
         (Some(token), None) => {
             if token.is_empty() {
@@ -295,7 +339,11 @@ async fn put_merchant(
             let added = api.tokens.add_authorization_code(id, &code, uri.as_deref());
             added.await.map_err(|e| token_error(id, e))?;
         }
-        _ => return bad("give exactly one of refresh_token and authorization_code"),
+        _ => {
+            return bad(
+                "give exactly one of refresh_token, authorization_code, api_key and org_token",
+            )
+        }
     }
     Ok(ok_json(&api.status(id).await?))
 }
@@ -396,7 +444,12 @@ fn audit(
     result
 }
 
-fn stored_status(id: MerchantId, revoked: bool, removing: bool) -> MerchantStatus {
+fn stored_status(
+    id: MerchantId,
+    credential_kind: CredentialKind,
+    revoked: bool,
+    removing: bool,
+) -> MerchantStatus {
     let state = match (removing, revoked) {
         (true, _) => "removing",
         (false, true) => "revoked",
@@ -404,6 +457,7 @@ fn stored_status(id: MerchantId, revoked: bool, removing: bool) -> MerchantStatu
     };
     MerchantStatus {
         id,
+        credential_kind,
         state,
         access_token_expires_at: None,
         last_refresh_at: None,

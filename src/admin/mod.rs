@@ -8,7 +8,7 @@
 //! | `GET` | `/readyz` | none | 200 `{"status":"ready"}` when the credential store reads (and its merchants were loaded once), the upstream and token endpoint hosts have resolved at least once and the proxy listener accepts; 200 `{"status":"degraded","reason":…}` while a shared store (Redis) is unreachable after that; else 503 `{"status":"not ready","reason":…}` |
 //! | `GET` | `/admin/merchants` | bearer `admin.token` | every merchant's state (never a token) |
 //! | `GET` | `/admin/merchants/{id}` | bearer `admin.token` | one merchant's state |
-//! | `PUT` | `/admin/merchants/{id}` | bearer `admin.token` | store a refresh token, or exchange an authorization code |
+//! | `PUT` | `/admin/merchants/{id}` | bearer `admin.token` | store a refresh token, exchange an authorization code, or store a static `api_key` / `org_token` |
 //! | `DELETE` | `/admin/merchants/{id}` | bearer `admin.token` | forget a merchant |
 //! | `POST` | `/admin/merchants/{id}/refresh` | bearer `admin.token` | refresh its access token now |
 //! | `GET` | `/oauth/connect?merchant=ID` | none (the signed `state` protects the flow) | 302 to Mollie's authorize page |

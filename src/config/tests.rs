@@ -230,7 +230,7 @@ fn the_redis_store_is_checked_and_its_password_masked() {
 }
 
 #[test]
-fn the_redis_backend_refuses_a_key_file_it_would_not_apply() {
+fn the_redis_backend_takes_a_key_file_and_checks_it() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
@@ -238,9 +238,16 @@ fn the_redis_backend_refuses_a_key_file_it_would_not_apply() {
         "[store]\nbackend = \"redis\"\nencryption_key_file = {:?}\n",
         keys.display().to_string()
     );
+    let s = parse(&toml, &HashMap::new()).unwrap();
+    assert_eq!(s.store.backend, StoreBackend::Redis);
+    // A bad key file is refused with the redis backend as with the file backend.
+    std::fs::write(&keys, "k1:short\n").unwrap();
     let err = parse(&toml, &HashMap::new())
         .unwrap_err()
         .problems
         .join("\n");
-    assert!(err.contains("does not encrypt its records"), "{err}");
+    assert!(
+        err.contains("store.encryption_key_file") && err.contains("line 1"),
+        "{err}"
+    );
 }

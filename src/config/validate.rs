@@ -248,15 +248,6 @@ impl StoreSettings {
         if self.fallback_path.as_os_str().is_empty() {
             p.push("store.fallback_path must not be empty with the redis backend".into());
         }
-        if !self.encryption_key_file.is_empty() {
-            // Refused rather than ignored: nobody may believe Redis holds sealed records.
-            p.push(
-                "store.encryption_key_file: the redis backend does not encrypt its records in \
-                 this version yet; leave it empty with store.backend = \"redis\", or use the \
-                 file backend"
-                    .into(),
-            );
-        }
     }
 }
 

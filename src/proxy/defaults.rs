@@ -1,9 +1,12 @@
 //! Per-merchant request defaults (DESIGN.md §5): `testmode` when the merchant's mode says so,
-//! `profileId` on creates. Resolved from the settings once; planned per request.
+//! `profileId` on creates. Resolved from the settings once; planned per request. A merchant
+//! stored with an API key gets none (the key fixes mode and profile).
 
 use crate::config::{Settings, TestMode};
 use crate::proxy::headers::content_length;
 use crate::rewrite::{asks_for_live, with_body_defaults};
+use crate::store::CredentialKind;
+use crate::tokens::CachedToken;
 use crate::types::MerchantId;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, TRANSFER_ENCODING};
@@ -64,7 +67,19 @@ impl Defaults {
         session: &mut ServerSession,
         merchant: &MerchantId,
         key: KeyMode,
+        token: &CachedToken,
     ) -> Result<Plan, PlanError> {
+        if token.kind == CredentialKind::ApiKey {
+            // An API key fixes mode and profile: no testmode or profileId is added, and a
+            // test key may not spend a live one.
+            if key.confined && token.live_api_key {
+                return Err(PlanError::Forbidden(format!(
+                    "a test key acts on test data only, and merchant {merchant} is stored with \
+                     a live API key"
+                )));
+            }
+            return Ok(Plan::default());
+        }
         let d = self.0.get(merchant);
         let req = session.req_header();
         let testmode = match (d.map(|d| d.testmode).unwrap_or_default(), key.confined) {

@@ -5,7 +5,8 @@
 //! - an answer other than 401 is streamed to the caller;
 //! - a 401 to the first attempt, with the whole body at hand (a body up to 64 KiB is kept),
 //!   is replayed once with a fresh token; a 401 to the replay, or one whose body is no longer
-//!   at hand, is streamed to the caller;
+//!   at hand, is streamed to the caller; so is a 401 for a merchant stored with a static
+//!   credential (an API key or organization token: nothing to refresh, never replayed);
 //! - a failure pingora marks retryable (the upstream closed or reset a *pooled* connection
 //!   before any response byte: `Error::retry()`) is retried once on a new connection, for an
 //!   idempotent request whose body is at hand; a POST is never sent twice;
@@ -45,6 +46,8 @@ pub struct Request {
     pub idempotent: bool,
     /// The whole body can be sent again (none, or kept in the 64 KiB retry buffer).
     pub body_at_hand: bool,
+    /// The merchant's credential is static: a 401 is passed back, never replayed.
+    pub static_credential: bool,
 }
 
 /// The attempts so far.
@@ -72,6 +75,9 @@ pub enum Next {
 /// The attempt policy (see the module text).
 pub fn next(history: History, request: Request, attempt: Attempt) -> Next {
     match attempt {
+        Attempt::Answered(StatusCode::UNAUTHORIZED) if request.static_credential => Next::Stream {
+            replay: Some("static_credential"),
+        },
         Attempt::Answered(StatusCode::UNAUTHORIZED) if history.replayed => Next::Stream {
             replay: Some("rejected_again"),
         },
@@ -206,6 +212,23 @@ mod tests {
         Request {
             idempotent,
             body_at_hand,
+            static_credential: false,
+        }
+    }
+
+    #[test]
+    fn a_401_for_a_static_credential_is_passed_back() {
+        for request in [IDEMPOTENT, POST, BIG_BODY] {
+            let request = Request {
+                static_credential: true,
+                ..request
+            };
+            assert_eq!(
+                next(FIRST, request, answered(401)),
+                Next::Stream {
+                    replay: Some("static_credential")
+                }
+            );
         }
     }
     const fn history(replayed: bool, retried: bool) -> History {

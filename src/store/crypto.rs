@@ -28,12 +28,21 @@ pub const KEY_SETTING: &str = "store.encryption_key_file";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
     RefreshToken,
+    /// A static API key (`store::credential`).
+    ApiKey,
+    /// A static organization access token.
+    OrgToken,
+    /// The access token a replica shared with the others (Redis).
+    AccessToken,
 }
 
 impl Field {
     pub fn as_str(self) -> &'static str {
         match self {
             Field::RefreshToken => "refresh_token",
+            Field::ApiKey => "api_key",
+            Field::OrgToken => "org_token",
+            Field::AccessToken => "access_token",
         }
     }
 }

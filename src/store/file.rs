@@ -16,7 +16,8 @@
 //!
 //! Blocking file I/O runs on tokio's blocking pool.
 
-use super::crypto::{Field, Sealing, StoredSecret};
+use super::credential::SecretFields;
+use super::crypto::{Sealing, StoredSecret};
 use super::{unix_now, CredentialStore, StoreError, StoredMerchant};
 use crate::types::{MerchantId, RefreshToken};
 use serde::{Deserialize, Serialize};
@@ -41,11 +42,17 @@ struct FileFormat {
 }
 
 /// A merchant as written to the file: the one place its secret fields are serialized,
-/// sealed by [`Record::seal`] and opened by [`Record::open`] (either format is read).
+/// sealed by [`Record::seal`] and opened by [`Record::open`] (either format is read). Its
+/// credential is one of `refresh_token`, `api_key`, `org_token` ([`SecretFields`]).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Record {
-    refresh_token: StoredSecret,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<StoredSecret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_key: Option<StoredSecret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    org_token: Option<StoredSecret>,
     #[serde(default)]
     revoked: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -60,12 +67,23 @@ impl Record {
         id: &MerchantId,
         m: &StoredMerchant,
     ) -> Result<Self, super::crypto::CryptoError> {
+        let f = SecretFields::seal(sealing, id, m)?;
         Ok(Record {
-            refresh_token: sealing.seal(id, Field::RefreshToken, m.refresh_token.expose())?,
+            refresh_token: f.refresh_token,
+            api_key: f.api_key,
+            org_token: f.org_token,
             revoked: m.revoked,
             removing: m.removing,
             updated_at: m.updated_at,
         })
+    }
+
+    fn fields(&self) -> SecretFields {
+        SecretFields {
+            refresh_token: self.refresh_token.clone(),
+            api_key: self.api_key.clone(),
+            org_token: self.org_token.clone(),
+        }
     }
 
     fn open(
@@ -73,9 +91,10 @@ impl Record {
         sealing: &Sealing,
         id: &MerchantId,
     ) -> Result<StoredMerchant, super::crypto::CryptoError> {
-        let token = sealing.open(id, Field::RefreshToken, &self.refresh_token)?;
+        let (refresh_token, static_credential) = self.fields().open(sealing, id)?;
         Ok(StoredMerchant {
-            refresh_token: RefreshToken::new(token),
+            refresh_token,
+            static_credential,
             revoked: self.revoked,
             removing: self.removing,
             updated_at: self.updated_at,
@@ -182,7 +201,7 @@ impl FileStore {
         let plain = parsed
             .merchants
             .values()
-            .filter(|r| matches!(r.refresh_token, StoredSecret::Plain(_)))
+            .filter(|r| r.fields().is_plain())
             .count();
         if plain > 0 {
             tracing::warn!(

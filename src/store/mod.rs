@@ -1,7 +1,8 @@
 //! Durable merchant credentials: the [`CredentialStore`] trait and its backends.
 //!
 //! Owns: what is kept across restarts, per merchant: the refresh token (losing it means the
-//! merchant must authorize again), whether it was revoked, and when it last changed. Access
+//! merchant must authorize again) or a static credential ([`credential`]), whether it was
+//! revoked, and when it last changed. Access
 //! tokens are not stored: they live an hour and are re-fetched on demand.
 //! Must not: hold a lock across `.await` in callers' paths, or ever write a partial record.
 //! Backends: [`file::FileStore`] (embedded default), [`redis::RedisStore`] (several replicas:
@@ -10,11 +11,13 @@
 //! manager, admin API, readiness) holds an `Arc<dyn CredentialStore>`, so a backend plugs in
 //! here without touching them.
 
+pub mod credential;
 pub mod crypto;
 pub mod file;
 pub mod redis;
 
 use crate::types::{AccessToken, MerchantId, RefreshToken};
+pub use credential::{CredentialKind, StaticCredential};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -23,7 +26,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredMerchant {
+    /// Empty for a merchant stored with a static credential.
     pub refresh_token: RefreshToken,
+    /// An API key or organization token used as it is, instead of OAuth (`None`: OAuth).
+    #[serde(skip)]
+    pub static_credential: Option<StaticCredential>,
     /// Set when the token endpoint answered `invalid_grant`: no refresh is tried until a new
     /// authorization replaces the refresh token.
     #[serde(default)]
@@ -42,10 +49,25 @@ impl StoredMerchant {
     pub fn new(refresh_token: RefreshToken) -> Self {
         StoredMerchant {
             refresh_token,
+            static_credential: None,
             revoked: false,
             removing: false,
             updated_at: unix_now(),
         }
+    }
+
+    /// A merchant stored with a static credential (never refreshed).
+    pub fn with_static(credential: StaticCredential) -> Self {
+        StoredMerchant {
+            static_credential: Some(credential),
+            ..StoredMerchant::new(RefreshToken::default())
+        }
+    }
+
+    pub fn credential_kind(&self) -> CredentialKind {
+        self.static_credential
+            .as_ref()
+            .map_or(CredentialKind::Oauth, |c| c.kind())
     }
 }
 
@@ -152,6 +174,7 @@ pub fn unix_now_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MerchantSummary {
     pub id: MerchantId,
+    pub credential_kind: CredentialKind,
     pub revoked: bool,
     pub removing: bool,
     /// Unix seconds of the last change.
@@ -250,6 +273,7 @@ pub trait CredentialStore: Send + Sync {
             .await?
             .into_iter()
             .map(|(id, m)| MerchantSummary {
+                credential_kind: m.credential_kind(),
                 id,
                 revoked: m.revoked,
                 removing: m.removing,

@@ -106,9 +106,11 @@ impl TokenManager {
 
     /// Takes the stored state unless the cache already holds that same authorization.
     fn adopt(&self, id: MerchantId, stored: StoredMerchant) {
-        let same = self.inner.slots.get(&id).is_some_and(|slot| {
-            slot.refresh_token == stored.refresh_token && slot.revoked == stored.revoked
-        });
+        let same = self
+            .inner
+            .slots
+            .get(&id)
+            .is_some_and(|slot| slot.holds(&stored));
         if !same {
             self.inner.slots.insert(id, Slot::new(stored));
             self.set_merchants_gauge();

@@ -3,7 +3,7 @@
 
 use super::{BadAnswer, RefreshResult, Slot, TokenError, TokenManager};
 use crate::oauth::{Grant, OAuthError};
-use crate::store::StoredMerchant;
+use crate::store::{CredentialKind, StaticCredential, StoredMerchant};
 use crate::types::{MerchantId, RefreshToken, Secret};
 use std::time::SystemTime;
 use tokio::time::Instant;
@@ -12,6 +12,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MerchantStatus {
     pub id: MerchantId,
+    /// `oauth`, `api_key` or `org_token`.
+    pub credential_kind: CredentialKind,
     /// `active`, `revoked`, `refreshing` or `backoff`; `removing` (store only) while the
     /// revocation at Mollie of a removed merchant is retried.
     pub state: &'static str,
@@ -31,6 +33,10 @@ impl TokenManager {
             };
             if slot.revoked {
                 return Err(TokenError::Revoked);
+            }
+            // A static credential is never refreshed: it is what there is.
+            if let Some(token) = slot.token.as_ref().filter(|t| t.is_static()) {
+                return Ok(token.clone());
             }
             slot.backoff_until = None;
             match &slot.inflight {
@@ -60,6 +66,25 @@ impl TokenManager {
         refresh_token: RefreshToken,
     ) -> Result<(), TokenError> {
         let stored = StoredMerchant::new(refresh_token);
+        let put = self.inner.store.put(merchant, &stored).await;
+        self.count_store("save", put.is_ok());
+        put?;
+        self.inner.slots.insert(merchant.clone(), Slot::new(stored));
+        self.inner
+            .metrics
+            .merchants
+            .set(self.inner.slots.len() as i64);
+        Ok(())
+    }
+
+    /// Stores a merchant with a static credential (an API key or an organization token) and
+    /// replaces its cache slot: used as the Bearer from now on, never refreshed.
+    pub async fn add_static(
+        &self,
+        merchant: &MerchantId,
+        credential: StaticCredential,
+    ) -> Result<(), TokenError> {
+        let stored = StoredMerchant::with_static(credential);
         let put = self.inner.store.put(merchant, &stored).await;
         self.count_store("save", put.is_ok());
         put?;
@@ -140,10 +165,13 @@ impl TokenManager {
                 } else {
                     "active"
                 };
+                let kind = s.token.as_ref().map_or(CredentialKind::Oauth, |t| t.kind);
+                let oauth_token = s.token.as_ref().filter(|t| !t.is_static());
                 MerchantStatus {
                     id,
+                    credential_kind: kind,
                     state,
-                    access_token_expires_at: s.token.as_ref().and_then(|t| unix(t.expires_at)),
+                    access_token_expires_at: oauth_token.and_then(|t| unix(t.expires_at)),
                     last_refresh_at: s.last_refresh.and_then(|(t, _)| unix(t)),
                     last_refresh_outcome: s.last_refresh.map(|(_, o)| o),
                 }

@@ -105,6 +105,13 @@ impl TokenManager {
                 self.inner.metrics.merchants.set(merchants);
                 Err(TokenError::UnknownMerchant)
             }
+            Ok(Some(stored)) if stored.static_credential.is_some() => {
+                // Replaced by a static credential: used as it is from now on.
+                self.inner
+                    .slots
+                    .insert(merchant.clone(), super::Slot::new(stored));
+                Err(TokenError::unavailable(Unavailable::Replaced))
+            }
             Ok(Some(stored)) if stored.refresh_token != cached => {
                 if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
                     slot.refresh_token = stored.refresh_token.clone();
@@ -206,6 +213,8 @@ impl TokenManager {
                 fastrand::f64(),
             ),
             expires_at: SystemTime::now() + lifetime.saturating_sub(issued.elapsed()),
+            kind: crate::store::CredentialKind::Oauth,
+            live_api_key: false,
         }))
     }
 

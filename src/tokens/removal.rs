@@ -36,15 +36,19 @@ pub enum RevocationOutcome {
     Skipped,
     /// No OAuth app configured: nothing can be sent; the merchant is forgotten anyway.
     NotConfigured,
+    /// A static credential (API key, organization token): not an OAuth token, so nothing is
+    /// revoked; the merchant is forgotten at once.
+    StaticCredential,
 }
 
 impl RevocationOutcome {
-    pub const ALL: [RevocationOutcome; 5] = [
+    pub const ALL: [RevocationOutcome; 6] = [
         RevocationOutcome::Revoked,
         RevocationOutcome::AlreadyInvalid,
         RevocationOutcome::Failed,
         RevocationOutcome::Skipped,
         RevocationOutcome::NotConfigured,
+        RevocationOutcome::StaticCredential,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,6 +58,7 @@ impl RevocationOutcome {
             RevocationOutcome::Failed => "failed",
             RevocationOutcome::Skipped => "skipped",
             RevocationOutcome::NotConfigured => "not_configured",
+            RevocationOutcome::StaticCredential => "static_credential",
         }
     }
 
@@ -85,10 +90,15 @@ impl TokenManager {
         merchant: &MerchantId,
         revoke: bool,
     ) -> Result<Option<Removal>, super::TokenError> {
-        if !revoke {
+        let fixed = revoke && self.holds_static(merchant).await?;
+        if !revoke || fixed {
+            let outcome = match fixed {
+                true => RevocationOutcome::StaticCredential,
+                false => RevocationOutcome::Skipped,
+            };
             let known = self.inner.slots.contains_key(merchant);
             let removed = self.remove(merchant).await? || known;
-            return Ok(removed.then(|| self.removed(RevocationOutcome::Skipped, None)));
+            return Ok(removed.then(|| self.removed(outcome, None)));
         }
         // Marked first: from then on no store read brings the merchant back into the cache.
         let marked = self.inner.store.mark_removing(merchant).await;
@@ -106,6 +116,16 @@ impl TokenManager {
         Ok(Some(
             self.removed(outcome, result.err().map(|e| e.to_string())),
         ))
+    }
+
+    /// Whether the merchant is stored with a static credential (nothing to revoke).
+    async fn holds_static(&self, merchant: &MerchantId) -> Result<bool, super::TokenError> {
+        if let Some(slot) = self.inner.slots.get(merchant) {
+            return Ok(slot.token.as_ref().is_some_and(|t| t.is_static()));
+        }
+        let found = self.inner.store.get(merchant).await;
+        self.count_store("load", found.is_ok());
+        Ok(found?.is_some_and(|m| m.static_credential.is_some()))
     }
 
     fn removed(&self, outcome: RevocationOutcome, error: Option<String>) -> Removal {

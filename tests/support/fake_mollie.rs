@@ -874,6 +874,34 @@ impl FakeMollie {
         rt
     }
 
+    /// Issues a static credential for `merchant` (an API key `live_…`/`test_…` when `prefix`
+    /// says so, or an organization token `access_…`): the API accepts it as the Bearer until
+    /// [`FakeMollie::revoke_static`]; no token endpoint call is involved. Recorded as a
+    /// secret.
+    pub fn issue_static(&self, merchant: &str, prefix: &str) -> String {
+        let key = format!("{prefix}_{}", rand_alnum(36));
+        let mut st = self.inner.lock();
+        st.record_secret(&key);
+        st.access.insert(
+            key.clone(),
+            AccessToken {
+                merchant: merchant.to_string(),
+                issued_at: Instant::now(),
+                lifetime: Duration::from_secs(100 * 365 * 86_400),
+                invalidated: false,
+            },
+        );
+        key
+    }
+
+    /// The API answers 401 to this static credential from now on (a key revoked in the
+    /// dashboard).
+    pub fn revoke_static(&self, key: &str) {
+        if let Some(t) = self.inner.lock().access.get_mut(key) {
+            t.invalidated = true;
+        }
+    }
+
     /// Registers a merchant with the given refresh token (replacing any previous one).
     pub fn add_merchant_with(&self, id: &str, refresh_token: &str) {
         self.inner.lock().set_refresh(id, refresh_token);

@@ -6,6 +6,11 @@
 //! put a secret in a key name, a log line or an error (the URL may hold a password, so it is
 //! never shown), or hang a caller (every operation is bounded by [`OP_TIMEOUT`]).
 //!
+//! Secrets at rest: with `store.encryption_key_file`, [`encode_record`] seals the credential
+//! and the shared access token (`store::crypto`, the merchant id as associated data), the
+//! fallback file is sealed like the file store, and `store rekey` re-writes every record
+//! through the compare-and-set. A record that does not open refuses that merchant only.
+//!
 //! Layout, under `store.key_prefix` (`P`):
 //! - `P merchant:<id>`: a hash `{version, data}`; `data` is the record from [`encode_record`]
 //!   (refresh token, state, `updated_at`, and the current access token with its expiry).
@@ -29,6 +34,7 @@ mod tasks;
 pub use record::{decode_record, encode_record, Record};
 pub use tasks::{FALLBACK_RETRY, RESUBSCRIBE_AFTER};
 
+use super::crypto::Sealing;
 use super::file::FileStore;
 use super::{CredentialStore, SharedToken, StoreError, StoreEvent, StoreLock, StoredMerchant};
 use crate::types::{MerchantId, RefreshToken};
@@ -111,6 +117,8 @@ struct Shared {
     fallback_written: Notify,
     /// What `P events` announced, for [`CredentialStore::events`].
     events: broadcast::Sender<StoreEvent>,
+    /// Seals the records' secrets (plaintext without `store.encryption_key_file`).
+    sealing: Sealing,
 }
 
 impl Shared {
@@ -173,7 +181,7 @@ impl Shared {
             .await
             .map_err(redis_err)?;
         match (version, data) {
-            (Some(v), Some(d)) => Ok((v, Some(decode_record(id, &d)?))),
+            (Some(v), Some(d)) => Ok((v, Some(decode_record(&self.sealing, id, &d)?))),
             _ => Ok((0, None)),
         }
     }
@@ -185,14 +193,17 @@ impl Shared {
         expected: u64,
         new: Option<&Record>,
     ) -> Result<bool, StoreError> {
+        let data = new
+            .map(|r| encode_record(&self.sealing, id, r))
+            .transpose()?;
         let mut c = self.conn().await?;
-        let done: i64 = match new {
-            Some(r) => CAS_SET
+        let done: i64 = match data {
+            Some(data) => CAS_SET
                 .key(self.record_key(id))
                 .key(self.index_key())
                 .key(format!("{}version", self.prefix))
                 .arg(expected)
-                .arg(encode_record(id, r))
+                .arg(data)
                 .arg(id.as_str())
                 .invoke_async(&mut c)
                 .await
@@ -246,8 +257,8 @@ impl Shared {
             match self.read(&id).await {
                 Ok((_, Some(r))) => all.push((id, r.merchant)),
                 Ok((_, None)) => {}
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    tracing::error!(merchant = %id, error = %e, "skipping an unreadable record");
+                Err(e @ (StoreError::Corrupt { .. } | StoreError::Crypto { .. })) => {
+                    tracing::error!(merchant = %id, error = %e, "skipping an unreadable record (never overwritten; the merchant is not served)");
                 }
                 Err(e) => return Err(e),
             }
@@ -304,15 +315,27 @@ pub struct RedisStore {
 impl RedisStore {
     /// Parses the URL and opens the fallback file; does not connect (Redis may come later).
     pub fn open(url: &str, prefix: &str, fallback: &Path) -> Result<Arc<RedisStore>, StoreError> {
+        RedisStore::open_sealed(url, prefix, fallback, Sealing::default())
+    }
+
+    /// As [`RedisStore::open`], sealing every record (and the fallback file) it writes with
+    /// `sealing`'s newest key; sealed records that do not open are errors, never rewritten.
+    pub fn open_sealed(
+        url: &str,
+        prefix: &str,
+        fallback: &Path,
+        sealing: Sealing,
+    ) -> Result<Arc<RedisStore>, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Redis(format!("store.redis_url does not parse: {e}")))?;
         let shared = Arc::new(Shared {
             client,
             conn: OnceCell::new(),
             prefix: prefix.to_string(),
-            fallback: FileStore::open(fallback)?,
+            fallback: FileStore::open_sealed(fallback, sealing.clone())?,
             fallback_written: Notify::new(),
             events: broadcast::channel(1024).0,
+            sealing,
         });
         let home = Home::start()?;
         let span = tracing::info_span!("fallback push-back");
@@ -427,7 +450,7 @@ impl CredentialStore for Arc<RedisStore> {
             })
             .await;
         match done {
-            Err(e @ StoreError::Corrupt { .. }) => Err(e),
+            Err(e @ (StoreError::Corrupt { .. } | StoreError::Crypto { .. })) => Err(e),
             Err(e) => Err(self.keep_in_fallback(id, refresh_token, e).await),
             ok => ok,
         }
@@ -487,6 +510,49 @@ impl CredentialStore for Arc<RedisStore> {
                 .map_err(redis_err)
         })
         .await
+    }
+
+    /// Every record re-written through its compare-and-set (sealed under the newest key),
+    /// then the fallback file. A record that does not open stops the rekey untouched.
+    async fn rekey(&self) -> Result<usize, StoreError> {
+        if self.shared.sealing.keyring().is_none() {
+            return Err(StoreError::Unsupported(format!(
+                "store rekey needs {} (the keys to re-encrypt with)",
+                super::crypto::KEY_SETTING
+            )));
+        }
+        let ids = self
+            .run("rekey", |s| async move {
+                let mut c = s.conn().await?;
+                redis::cmd("SMEMBERS")
+                    .arg(s.index_key())
+                    .query_async::<Vec<String>>(&mut c)
+                    .await
+                    .map_err(redis_err)
+            })
+            .await?;
+        let mut count = 0;
+        for raw in ids {
+            let Ok(id) = MerchantId::parse(&raw) else {
+                continue;
+            };
+            // One bounded operation per record: a large store is not one long call.
+            let done = self
+                .run("rekey", |s| async move {
+                    s.modify(&id, |current| match current {
+                        Some(r) => Change::Set(r, true),
+                        None => Change::Keep(false),
+                    })
+                    .await
+                })
+                .await?;
+            count += usize::from(done);
+        }
+        let fallback = &self.shared.fallback;
+        if !fallback.load_all().await?.is_empty() {
+            count += fallback.rekey().await?;
+        }
+        Ok(count)
     }
 
     fn shared(&self) -> bool {
