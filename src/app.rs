@@ -15,7 +15,7 @@ use crate::reload::{ConfigSource, ReloadService};
 use crate::store::crypto::{Keyring, Sealing};
 use crate::store::file::FileStore;
 use crate::store::redis::RedisStore;
-use crate::store::CredentialStore;
+use crate::store::{CredentialStore, StoreError};
 use crate::tokens::{
     RefresherService, RevokerService, StoreEventsService, TokenManager, TokenPolicy,
 };
@@ -135,6 +135,10 @@ impl Parts {
         match (self.tokens.load().await, self.settings.store.backend) {
             (Ok(n), _) => Ok(n),
             (Err(e), StoreBackend::File) => Err(StartError(format!("store.path: {e}"))),
+            // Waiting does not fix a wrong password: refuse, naming the key (not the URL).
+            (Err(e @ StoreError::Refused(_)), StoreBackend::Redis) => {
+                Err(StartError(e.to_string()))
+            }
             // Redis may come later: merchants are then read from it on first use.
             (Err(e), StoreBackend::Redis) => {
                 tracing::error!(error = %e, "cannot load merchants from Redis at start-up; starting without them (/readyz says why)");

@@ -227,6 +227,26 @@ fn the_redis_store_is_checked_and_its_password_masked() {
 }
 
 #[test]
+fn a_redis_url_that_does_not_parse_is_refused_naming_the_key_not_the_url() {
+    for url in [
+        "redis://u:hunter2@h:6379/notadb",
+        "redis://u:hunter2@0.0.0.0:6379",
+        "redis+unix:///tmp/r.sock?db=x&pass=hunter2",
+        "not a url hunter2",
+        "redis://u:hunter2@h:99999",
+    ] {
+        let toml = format!("[store]\nbackend = \"redis\"\nredis_url = {url:?}\n");
+        let err = parse(&toml, &HashMap::new()).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("store.redis_url"), "{url}: {all}");
+        assert!(
+            !all.contains("hunter2"),
+            "the password is not repeated: {all}"
+        );
+    }
+}
+
+#[test]
 fn the_redis_backend_refuses_a_key_file_it_would_not_apply() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");

@@ -227,13 +227,21 @@ impl StoreSettings {
     }
 
     fn validate_redis(&self, p: &mut Problems) {
+        // The URL itself is never repeated: it may hold a password.
         match url::Url::parse(&self.redis_url) {
-            Ok(u) if ["redis", "redis+unix", "unix"].contains(&u.scheme()) => {}
             Ok(u) if u.scheme() == "rediss" => p.push(
                 "store.redis_url: rediss:// (TLS) is not supported in this version yet".into(),
             ),
-            // The URL itself is not repeated: it may hold a password.
-            _ => p.push("store.redis_url must be a redis:// or redis+unix:// URL".into()),
+            Ok(u) if ["redis", "redis+unix", "unix"].contains(&u.scheme()) => {
+                // What the redis crate itself will make of it (host, port, db, user, password).
+                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u) {
+                    p.push(format!("store.redis_url does not parse: {e}"));
+                }
+            }
+            Ok(_) => p.push("store.redis_url must be a redis:// or redis+unix:// URL".into()),
+            Err(e) => p.push(format!(
+                "store.redis_url does not parse ({e}); it must be a redis:// or redis+unix:// URL"
+            )),
         }
         if self.key_prefix.is_empty() {
             p.push("store.key_prefix must not be empty with the redis backend".into());

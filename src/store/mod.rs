@@ -81,6 +81,12 @@ pub enum StoreError {
     /// password).
     #[error("credential store (redis): {0}")]
     Redis(String),
+    /// Redis refused this gateway's credentials (`WRONGPASS`, `NOAUTH`, `NOPERM`): a
+    /// configuration error, not an outage (start-up refuses). Never carries the password.
+    #[error(
+        "credential store (redis): Redis refused the user or password of store.redis_url: {0}"
+    )]
+    Refused(String),
     /// A compare-and-set kept losing to other writers; what it wanted to write was kept in
     /// the fallback file (`store.fallback_path`).
     #[error("credential store (redis): merchant {id} kept changing under this write; the change was kept in {kept_in}")]

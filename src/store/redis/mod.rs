@@ -88,7 +88,18 @@ static LOCK_RELEASE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 fn redis_err(e: redis::RedisError) -> StoreError {
-    StoreError::Redis(e.to_string())
+    if refuses_credentials(&e) {
+        StoreError::Refused(e.to_string())
+    } else {
+        StoreError::Redis(e.to_string())
+    }
+}
+
+/// A wrong password or user (`WRONGPASS`), a password missing (`NOAUTH`), or an ACL user not
+/// allowed the store's commands (`NOPERM`): fixed by the operator, not by waiting.
+pub fn refuses_credentials(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
 /// What a read-modify-write decides, given the current record.
