@@ -14,7 +14,7 @@ use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::reload::{ConfigSource, ReloadService};
 use crate::store::crypto::{Keyring, Sealing};
 use crate::store::file::FileStore;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{client as redis_client, RedisStore};
 use crate::store::{CredentialStore, StoreError};
 use crate::tokens::{
     RefresherService, RevokerService, StoreEventsService, TokenManager, TokenPolicy,
@@ -183,10 +183,14 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn CredentialStore>, Start
             FileStore::open_sealed(&s.path, sealing(settings)?)
                 .map_err(|e| StartError(format!("store.path: {e}")))?,
         ),
-        StoreBackend::Redis => Arc::new(
-            RedisStore::open(&s.redis_url, &s.key_prefix, &s.fallback_path)
-                .map_err(|e| StartError(format!("store: {e}")))?,
-        ),
+        StoreBackend::Redis => {
+            let ca = Some(Path::new(&s.redis_ca_file)).filter(|_| !s.redis_ca_file.is_empty());
+            let client = redis_client(&s.redis_url, ca).map_err(|e| StartError(e.to_string()))?;
+            Arc::new(
+                RedisStore::open_client(client, &s.key_prefix, &s.fallback_path)
+                    .map_err(|e| StartError(format!("store: {e}")))?,
+            )
+        }
     })
 }
 

@@ -303,8 +303,12 @@ pub enum StoreBackend {
 pub struct StoreSettings {
     pub backend: StoreBackend,
     pub path: PathBuf,
-    /// Redis backend: `redis://[user:password@]host:port[/db]` or `redis+unix:///path`.
+    /// Redis backend: `redis://[user:password@]host:port[/db]`, `rediss://…` (TLS) or
+    /// `redis+unix:///path`.
     pub redis_url: String,
+    /// Redis backend, `rediss://`: PEM certificates trusted for Redis's TLS certificate instead
+    /// of the system's trust store (a private CA); empty = the system's.
+    pub redis_ca_file: String,
     /// Redis backend: every key starts with it (several gateways may share one Redis).
     pub key_prefix: String,
     /// AES-256-GCM keys for the records' secrets, one `key_id:base64(32 bytes)` a line, the
@@ -320,6 +324,7 @@ impl Default for StoreSettings {
             backend: StoreBackend::File,
             path: PathBuf::from(DEFAULT_STORE_PATH),
             redis_url: DEFAULT_REDIS_URL.into(),
+            redis_ca_file: String::new(),
             key_prefix: DEFAULT_KEY_PREFIX.into(),
             encryption_key_file: String::new(),
             fallback_path: PathBuf::from(DEFAULT_FALLBACK_PATH),

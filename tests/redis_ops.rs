@@ -4,12 +4,20 @@
 
 mod support;
 
+use mollie_gateway::store::redis::{client, RedisStore};
+use mollie_gateway::store::{CredentialStore, StoredMerchant};
+use mollie_gateway::types::{MerchantId, RefreshToken};
 use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::fake_mollie::FakeMollie;
 use support::redis::Redis;
-use support::{Gateway, GatewayBuilder};
+use support::tls::ListenerPki;
+use support::{client as http, Gateway, GatewayBuilder};
+
+fn id(s: &str) -> MerchantId {
+    MerchantId::parse(s).unwrap()
+}
 
 fn on_redis(fake: &FakeMollie, url: &str) -> Gateway {
     GatewayBuilder::new(fake)
@@ -106,4 +114,74 @@ async fn a_redis_url_that_does_not_parse_stops_the_start_naming_the_key() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("store.redis_url does not parse"), "{err}");
     assert!(!err.contains("Wr0ng-Pa55"), "{err}");
+}
+
+/// A `redis-server` that speaks only TLS on TCP (its certificate signed by `pki`'s CA, for
+/// `localhost` and 127.0.0.1): the `rediss://` URL.
+fn tls_redis(pki: &ListenerPki) -> (Redis, String) {
+    let port = support::free_port().to_string();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &path(&pki.cert_file),
+        "--tls-key-file",
+        &path(&pki.key_file),
+        "--tls-ca-cert-file",
+        &path(&pki.ca_file),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    (redis, format!("rediss://127.0.0.1:{port}"))
+}
+
+#[tokio::test]
+async fn rediss_trusts_the_configured_ca_and_refuses_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ListenerPki::write(dir.path());
+    let (_redis, url) = tls_redis(&pki);
+    let fallback = dir.path().join("fallback.json");
+    // Trusting the test CA: the store works over TLS (the server has no plain TCP port).
+    let trusted = client(&url, Some(&pki.ca_file)).unwrap();
+    let store = RedisStore::open_client(trusted, "t:", &fallback).unwrap();
+    let m = StoredMerchant::new(RefreshToken::new("refresh_over_tls"));
+    store.put(&id("m1"), &m).await.unwrap();
+    assert_eq!(store.get(&id("m1")).await.unwrap(), Some(m));
+    // The system's trust store does not know the test CA: refused, in time.
+    let system = RedisStore::open_client(client(&url, None).unwrap(), "t:", &fallback).unwrap();
+    let started = Instant::now();
+    let err = system.get(&id("m1")).await.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // Another CA: refused too.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = ListenerPki::write(other_dir.path());
+    let wrong = client(&url, Some(&other.ca_file)).unwrap();
+    let wrong = RedisStore::open_client(wrong, "t:", &fallback).unwrap();
+    assert!(wrong.get(&id("m1")).await.is_err());
+}
+
+#[tokio::test]
+async fn a_gateway_on_rediss_with_store_redis_ca_file_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ListenerPki::write(dir.path());
+    let (_redis, url) = tls_redis(&pki);
+    let fake = FakeMollie::start().await;
+    let mut gw = GatewayBuilder::new(&fake)
+        .env("STORE__BACKEND", "redis")
+        .env("STORE__REDIS_URL", url.as_str())
+        .env("STORE__REDIS_CA_FILE", pki.ca_file.display().to_string())
+        .env("STORE__KEY_PREFIX", "gw:")
+        .prepare();
+    gw.onboard(&fake, "m1");
+    gw.spawn();
+    let status = http()
+        .get(format!("{}/v2/echo/payments", gw.base_url()))
+        .header("X-Merchant-Id", "m1")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
 }

@@ -221,9 +221,36 @@ fn the_redis_store_is_checked_and_its_password_masked() {
     assert!(all.contains("store.redis_url"), "{all}");
     assert!(all.contains("store.key_prefix"), "{all}");
     assert!(!all.contains("secret"), "the URL is not repeated: {all}");
-    let tls = "[store]\nbackend = \"redis\"\nredis_url = \"rediss://h:6380\"\n";
-    let err = parse(tls, &HashMap::new()).unwrap_err();
-    assert!(err.problems[0].contains("rediss://"), "{:?}", err.problems);
+    let tls = "[store]\nbackend = \"redis\"\nredis_url = \"rediss://u:hunter2@h:6380\"\n";
+    parse(tls, &HashMap::new()).unwrap();
+    let insecure = "[store]\nbackend = \"redis\"\nredis_url = \"rediss://h:6380#insecure\"\n";
+    let err = parse(insecure, &HashMap::new()).unwrap_err();
+    assert!(err.problems[0].contains("#insecure"), "{:?}", err.problems);
+}
+
+#[test]
+fn the_redis_ca_file_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.txt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (url, ca, expected) in [
+        ("rediss://h:6380", &not_pem, "holds no PEM certificate"),
+        ("rediss://h:6380", &missing, "cannot be read"),
+        ("redis://u:hunter2@h:6380", &not_pem, "not a rediss:// URL"),
+    ] {
+        let toml = format!(
+            "[store]\nbackend = \"redis\"\nredis_url = {url:?}\nredis_ca_file = {:?}\n",
+            ca.display().to_string()
+        );
+        let all = parse(&toml, &HashMap::new())
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(all.contains("store.redis_ca_file"), "{all}");
+        assert!(all.contains(expected), "{all}");
+        assert!(!all.contains("hunter2"), "{all}");
+    }
 }
 
 #[test]

@@ -229,18 +229,26 @@ impl StoreSettings {
     fn validate_redis(&self, p: &mut Problems) {
         // The URL itself is never repeated: it may hold a password.
         match url::Url::parse(&self.redis_url) {
-            Ok(u) if u.scheme() == "rediss" => p.push(
-                "store.redis_url: rediss:// (TLS) is not supported in this version yet".into(),
+            Ok(u) if u.scheme() == "rediss" && u.fragment().is_some() => p.push(
+                "store.redis_url: a rediss:// URL takes no #fragment (#insecure is not \
+                 supported: trust a private CA with store.redis_ca_file)"
+                    .into(),
             ),
-            Ok(u) if ["redis", "redis+unix", "unix"].contains(&u.scheme()) => {
-                // What the redis crate itself will make of it (host, port, db, user, password).
-                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u) {
-                    p.push(format!("store.redis_url does not parse: {e}"));
+            Ok(u) if ["redis", "rediss", "redis+unix", "unix"].contains(&u.scheme()) => {
+                // What the redis crate itself makes of it (host, port, db, user, password,
+                // the CA file).
+                let ca = Some(&self.redis_ca_file).filter(|f| !f.is_empty());
+                let ca = ca.map(std::path::Path::new);
+                if let Err(e) = crate::store::redis::client(&self.redis_url, ca) {
+                    p.push(e.to_string().replace("credential store (redis): ", ""));
                 }
             }
-            Ok(_) => p.push("store.redis_url must be a redis:// or redis+unix:// URL".into()),
+            Ok(_) => {
+                p.push("store.redis_url must be a redis://, rediss:// or redis+unix:// URL".into())
+            }
             Err(e) => p.push(format!(
-                "store.redis_url does not parse ({e}); it must be a redis:// or redis+unix:// URL"
+                "store.redis_url does not parse ({e}); it must be a redis://, rediss:// or \
+                 redis+unix:// URL"
             )),
         }
         if self.key_prefix.is_empty() {

@@ -22,7 +22,8 @@
 //! driver task lives there, so callers on pingora's several runtimes share one connection
 //! that outlives none of them. A background task on the same runtime pushes the fallback file
 //! back into Redis, another listens on `P events` (`tasks.rs`); the record's bytes are made in
-//! `record.rs`. Not done yet: TLS (`rediss://`).
+//! `record.rs`. `rediss://` is TLS through rustls (the system's trust store, or
+//! `store.redis_ca_file`).
 
 mod record;
 mod tasks;
@@ -100,6 +101,38 @@ fn redis_err(e: redis::RedisError) -> StoreError {
 pub fn refuses_credentials(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
+
+/// The Redis client of `url` (`store.redis_url`); for `rediss://`, `ca_file`
+/// (`store.redis_ca_file`, PEM) holds the certificates trusted instead of the system's. Does not
+/// connect. Errors name the key, never the URL (it may hold a password).
+pub fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, StoreError> {
+    let parse =
+        |e: redis::RedisError| StoreError::Redis(format!("store.redis_url does not parse: {e}"));
+    let Some(ca_file) = ca_file else {
+        return redis::Client::open(url).map_err(parse);
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(parse)?;
+    if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Err(StoreError::Redis(
+            "store.redis_ca_file is set but store.redis_url is not a rediss:// URL".into(),
+        ));
+    }
+    let shown = ca_file.display();
+    let pem = std::fs::read(ca_file).map_err(|e| {
+        StoreError::Redis(format!("store.redis_ca_file {shown} cannot be read: {e}"))
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(StoreError::Redis(format!(
+            "store.redis_ca_file {shown} holds no PEM certificate"
+        )));
+    }
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(info, certs)
+        .map_err(|e| StoreError::Redis(format!("store.redis_ca_file {shown} is not usable: {e}")))
 }
 
 /// What a read-modify-write decides, given the current record.
@@ -315,8 +348,16 @@ pub struct RedisStore {
 impl RedisStore {
     /// Parses the URL and opens the fallback file; does not connect (Redis may come later).
     pub fn open(url: &str, prefix: &str, fallback: &Path) -> Result<Arc<RedisStore>, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Redis(format!("store.redis_url does not parse: {e}")))?;
+        RedisStore::open_client(client(url, None)?, prefix, fallback)
+    }
+
+    /// As [`open`](Self::open), with a client from [`client`] (a `rediss://` URL may trust its
+    /// own CA).
+    pub fn open_client(
+        client: redis::Client,
+        prefix: &str,
+        fallback: &Path,
+    ) -> Result<Arc<RedisStore>, StoreError> {
         let shared = Arc::new(Shared {
             client,
             conn: OnceCell::new(),
