@@ -225,7 +225,8 @@ pub fn build_server(
     server.bootstrap();
     let live = Arc::new(Live::from_settings(&parts.settings, &parts.metrics).map_err(StartError)?);
     let proxy = proxy_service(&parts, &server.configuration, proxy_socket.fd_key(), &live)?;
-    let onboarding = Onboarding::new(&parts.settings, parts.tokens.clone()).map_err(StartError)?;
+    let onboarding = Onboarding::new(&parts.settings, parts.tokens.clone(), parts.store.clone())
+        .map_err(StartError)?;
     let (admin_pages, oauth) = match oauth_socket {
         None => (Some(onboarding), None),
         Some(socket) => {

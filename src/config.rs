@@ -206,8 +206,11 @@ pub struct OAuthSettings {
     /// Refresh tokens in the background before requests need them.
     pub background_refresh: bool,
     /// HMAC key signing the OAuth `state` of `/oauth/connect`; empty = random per process
-    /// (then a callback must reach the process that issued its state).
+    /// (then a callback must reach the process that issued its state). Required with the
+    /// Redis store (every replica verifies the states the others issued).
     pub state_secret: Secret,
+    /// A file holding `state_secret` (a mounted secret) instead; set only one of the two.
+    pub state_secret_file: String,
 }
 
 impl Default for OAuthSettings {
@@ -226,6 +229,7 @@ impl Default for OAuthSettings {
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             background_refresh: true,
             state_secret: Secret::default(),
+            state_secret_file: String::new(),
         }
     }
 }

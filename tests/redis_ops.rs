@@ -185,3 +185,93 @@ async fn a_gateway_on_rediss_with_store_redis_ca_file_serves() {
         .status();
     assert_eq!(status, 200);
 }
+
+/// `GET` on the admin listener without following redirects: status, `Location`, body.
+async fn page(gw: &Gateway, path_and_query: &str) -> (u16, Option<String>, String) {
+    let browser = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = browser
+        .get(format!("{}{path_and_query}", gw.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    (resp.status().as_u16(), location, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_oauth_callback_replayed_on_another_replica_is_refused() {
+    let mut redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    let onboarding = |b: GatewayBuilder| {
+        b.env("STORE__BACKEND", "redis")
+            .env("STORE__REDIS_URL", redis.url())
+            .env("STORE__KEY_PREFIX", "gw:")
+            .env("ADMIN__TOKEN", "admin-token-not-needed-here")
+            .env("OAUTH__STATE_SECRET", "one-state-secret-for-both-replicas")
+    };
+    let mut a = onboarding(GatewayBuilder::new(&fake))
+        .env("OAUTH__REDIRECT_URI", "http://{admin}/oauth/callback")
+        .prepare();
+    let redirect_uri = format!("http://{}/oauth/callback", a.admin);
+    let mut b = onboarding(GatewayBuilder::new(&fake))
+        .env("OAUTH__REDIRECT_URI", redirect_uri.as_str())
+        .prepare();
+    a.spawn();
+    b.spawn();
+    // The merchant starts on A; Mollie's redirect reaches B (the load balancer's choice).
+    let (status, location, _) = page(&a, "/oauth/connect?merchant=m1").await;
+    assert_eq!(status, 302);
+    let authorize = url::Url::parse(&location.unwrap()).unwrap();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let code = fake.issue_code("m1", Some(&redirect_uri));
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("code", &code).append_pair("state", &state);
+    let callback = format!("/oauth/callback?{}", q.finish());
+    let (status, _, html) = page(&b, &callback).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("connected"), "{html}");
+    // The same callback URL replayed on A, which never saw it used: refused through Redis.
+    let (status, _, html) = page(&a, &callback).await;
+    assert_eq!(status, 400, "{html}");
+    assert!(html.contains("already used"), "{html}");
+    assert!(html.contains("/oauth/connect?merchant=m1"), "{html}");
+    // And on B again (its own memory, and Redis).
+    let (status, _, html) = page(&b, &callback).await;
+    assert_eq!(status, 400, "{html}");
+    assert_eq!(
+        fake.token_requests().len(),
+        1,
+        "the code was exchanged once"
+    );
+    let keys = redis.command("KEYS *");
+    assert!(!keys.contains(&state) && !keys.contains(&code), "{keys}");
+    assert!(keys.contains("gw:once:"), "{keys}");
+    // Redis unreachable: the state cannot be checked, so nothing is exchanged (503, again later).
+    let (_, location, _) = page(&a, "/oauth/connect?merchant=m2").await;
+    let authorize = url::Url::parse(&location.unwrap()).unwrap();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1;
+    let code = fake.issue_code("m2", Some(&redirect_uri));
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("code", &code).append_pair("state", &state);
+    redis.kill();
+    let (status, _, html) = page(&b, &format!("/oauth/callback?{}", q.finish())).await;
+    assert_eq!(status, 503, "{html}");
+    assert!(html.contains("nothing was stored"), "{html}");
+    assert_eq!(fake.token_requests().len(), 1);
+}

@@ -30,6 +30,14 @@ impl Settings {
             &self.merchants.header,
         );
         self.store.validate(&mut p);
+        if self.store.backend == StoreBackend::Redis && self.oauth.state_secret.is_empty() {
+            p.push(
+                "oauth.state_secret (MOLLIE_GATEWAY__OAUTH__STATE_SECRET) or \
+                 oauth.state_secret_file is required with store.backend = \"redis\": every \
+                 replica must verify the OAuth states the others issued (the same value on all)"
+                    .into(),
+            );
+        }
         let admin = &mut self.admin;
         resolve_secret_file(
             &mut p,
@@ -121,6 +129,11 @@ impl OAuthSettings {
             p,
             ("oauth.client_secret", &mut self.client_secret),
             ("oauth.client_secret_file", &self.client_secret_file),
+        );
+        resolve_secret_file(
+            p,
+            ("oauth.state_secret", &mut self.state_secret),
+            ("oauth.state_secret_file", &self.state_secret_file),
         );
     }
 }

@@ -247,6 +247,12 @@ pub trait CredentialStore: Send + Sync {
     ) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Uses up a one-time value (the nonce of an OAuth `state`) until `expires_at` (unix
+    /// seconds): `Ok(true)` the first time across every process sharing the store, `Ok(false)`
+    /// after. Default (one process): `Ok(true)`, the caller's own memory is the record.
+    async fn use_once(&self, _nonce: &str, _expires_at: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// Every stored merchant without its secrets, sorted by id. The default reads
     /// [`load_all`](Self::load_all); a backend that can list without reading secrets
     /// overrides it.

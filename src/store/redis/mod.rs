@@ -14,6 +14,8 @@
 //!   never reused, even after a remove and a new authorization (no ABA).
 //! - `P lock:<id>`: the refresh lock, `SET NX PX` with a random owner, renewed and released
 //!   only by owner-checked scripts.
+//! - `P once:<sha256>`: a used OAuth `state` nonce, until the state expires
+//!   ([`CredentialStore::use_once`]).
 //! - `P events`: pub/sub channel, `changed <id>` / `removed <id>` after a put, a revocation or
 //!   a removal, `token <id>` after a newer access token was shared
 //!   ([`CredentialStore::events`]).
@@ -585,6 +587,31 @@ impl CredentialStore for Arc<RedisStore> {
             .run("get", |s| async move { s.read(&id).await })
             .await?;
         Ok(read.1.and_then(|r| r.access))
+    }
+
+    /// `SET <prefix>once:<sha256(nonce)> 1 NX PX <until expires_at>`: the first replica wins.
+    /// The key holds a hash of the nonce, not the nonce.
+    async fn use_once(&self, nonce: &str, expires_at: u64) -> Result<bool, StoreError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, nonce.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{}once:{hex}", self.shared.prefix);
+        let ttl_ms = (expires_at * 1000)
+            .saturating_sub(super::unix_now_ms())
+            .max(1);
+        self.run("once", |s| async move {
+            let mut c = s.conn().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut c)
+                .await
+                .map_err(redis_err)?;
+            Ok(set.is_some())
+        })
+        .await
     }
 
     /// Kept only if it expires later than the token already shared.
