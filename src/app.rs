@@ -194,6 +194,43 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn CredentialStore>, Start
     })
 }
 
+/// A store named on the command line (`store migrate`): `file:PATH`, `file` (`store.path`), a
+/// `redis://`, `rediss://` or `redis+unix://` URL, or `redis` (`store.redis_url`: keeps a
+/// password out of `ps`). The other `store.*` keys (key prefix, CA file, fallback path, key
+/// file) come from the configuration. Errors never show a URL (it may hold a password).
+pub fn open_store_named(
+    settings: &Settings,
+    spec: &str,
+) -> Result<Arc<dyn CredentialStore>, StartError> {
+    let s = &settings.store;
+    if spec == "file" || spec.starts_with("file:") {
+        let path = spec
+            .strip_prefix("file:")
+            .map_or(s.path.clone(), Into::into);
+        if path.as_os_str().is_empty() {
+            return Err(StartError("file: needs a path (file:PATH)".into()));
+        }
+        let store = FileStore::open_sealed(&path, sealing(settings)?)
+            .map_err(|e| StartError(format!("{}: {e}", path.display())))?;
+        return Ok(Arc::new(store));
+    }
+    let url = if spec == "redis" { &s.redis_url } else { spec };
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if !matches!(scheme, Some("redis" | "rediss" | "redis+unix" | "unix")) {
+        return Err(StartError(
+            "a store is file:PATH, file (store.path), redis (store.redis_url), or a redis://, \
+             rediss:// or redis+unix:// URL"
+                .into(),
+        ));
+    }
+    let ca = Some(Path::new(&s.redis_ca_file))
+        .filter(|_| !s.redis_ca_file.is_empty() && scheme == Some("rediss"));
+    let client = redis_client(url, ca).map_err(|e| StartError(e.to_string()))?;
+    let store = RedisStore::open_client(client, &s.key_prefix, &s.fallback_path)
+        .map_err(|e| StartError(format!("store: {e}")))?;
+    Ok(Arc::new(store))
+}
+
 /// Builds the whole server: proxy and admin services plus background services. The caller
 /// runs it.
 pub fn build_server(

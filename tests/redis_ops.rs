@@ -275,3 +275,97 @@ async fn an_oauth_callback_replayed_on_another_replica_is_refused() {
     assert!(html.contains("nothing was stored"), "{html}");
     assert_eq!(fake.token_requests().len(), 1);
 }
+
+/// `store migrate --from … --to …` through the CLI: exit code, stdout, stderr.
+fn migrate(gw: &Gateway, from: &str, to: &str) -> (Option<i32>, String, String) {
+    let out = gw.cli(&["store", "migrate", "--from", from, "--to", to]);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn store_migrate_file_to_redis_and_back_keeps_every_record_and_newer_targets() {
+    let redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    let gw = GatewayBuilder::new(&fake).prepare();
+    for m in ["m1", "m2", "m3"] {
+        gw.onboard(&fake, m);
+    }
+    let file = format!("file:{}", gw.store.display());
+    let url = redis.url();
+    let (code, out, err) = migrate(&gw, &file, &url);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "copied 3, unchanged 0, conflicts 0, failed 0");
+    // And back into a new file: the same records.
+    let back = gw.store.with_file_name("back.json");
+    let (code, out, err) = migrate(&gw, &url, &format!("file:{}", back.display()));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "copied 3, unchanged 0, conflicts 0, failed 0");
+    assert_eq!(support::read_store(&back), support::read_store(&gw.store));
+    // Again: nothing to do, either way.
+    let (code, out, _) = migrate(&gw, &file, &url);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "copied 0, unchanged 3, conflicts 0, failed 0")
+    );
+    let (code, out, _) = migrate(&gw, &url, &format!("file:{}", back.display()));
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "copied 0, unchanged 3, conflicts 0, failed 0")
+    );
+
+    // m1 changed later in Redis (a replica re-authorized it): kept, reported as a conflict.
+    let store =
+        RedisStore::open(&url, "mollie-gateway:", &redis.dir.path().join("f.json")).unwrap();
+    let mut newer = store.get(&id("m1")).await.unwrap().unwrap();
+    newer.refresh_token = RefreshToken::new("refresh_newer_in_redis");
+    newer.updated_at += 60;
+    store.put(&id("m1"), &newer).await.unwrap();
+    let (code, out, err) = migrate(&gw, &file, &url);
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert_eq!(out.trim(), "copied 0, unchanged 2, conflicts 1, failed 0");
+    assert!(err.contains("conflict: merchant m1"), "{err}");
+    assert_eq!(store.get(&id("m1")).await.unwrap(), Some(newer));
+    // The other way, the newer record is copied over the file's older one.
+    let (code, out, err) = migrate(&gw, &url, &file);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "copied 1, unchanged 2, conflicts 0, failed 0");
+    assert!(support::read_store(&gw.store)
+        .to_string()
+        .contains("refresh_newer_in_redis"));
+}
+
+#[tokio::test]
+async fn store_migrate_into_an_unreachable_redis_fails_naming_each_merchant() {
+    let fake = FakeMollie::start().await;
+    let gw = GatewayBuilder::new(&fake).prepare();
+    gw.onboard(&fake, "m1");
+    gw.onboard(&fake, "m2");
+    let before = support::read_store(&gw.store);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "redis+unix://{}/none.sock?pass=Wr0ng-Pa55",
+        dir.path().display()
+    );
+    let started = Instant::now();
+    let (code, out, err) = migrate(&gw, &format!("file:{}", gw.store.display()), &url);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out.trim(), "copied 0, unchanged 0, conflicts 0, failed 2");
+    assert!(
+        err.contains("failed: merchant m1") && err.contains("failed: merchant m2"),
+        "{err}"
+    );
+    assert!(err.contains("2 merchant(s) not copied (m1, m2)"), "{err}");
+    assert!(!err.contains("Wr0ng-Pa55"), "{err}");
+    assert_eq!(
+        support::read_store(&gw.store),
+        before,
+        "the source is untouched"
+    );
+    // Not a store at all.
+    let (code, _, err) = migrate(&gw, "postgres://u:Wr0ng-Pa55@h/db", &url);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--from: a store is file:PATH"), "{err}");
+    assert!(!err.contains("Wr0ng-Pa55"), "{err}");
+}

@@ -12,6 +12,7 @@
 
 pub mod crypto;
 pub mod file;
+pub mod migrate;
 pub mod redis;
 
 use crate::types::{AccessToken, MerchantId, RefreshToken};
