@@ -369,3 +369,101 @@ async fn store_migrate_into_an_unreachable_redis_fails_naming_each_merchant() {
     assert!(err.contains("--from: a store is file:PATH"), "{err}");
     assert!(!err.contains("Wr0ng-Pa55"), "{err}");
 }
+
+/// How many times Redis ran `SMEMBERS` (once per full load of the merchants).
+fn full_loads(redis: &Redis) -> u64 {
+    let info = redis.call(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_smembers:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn an_unreadable_record_answers_503_is_logged_once_and_never_overwritten() {
+    let redis = Redis::start();
+    let fake = FakeMollie::start().await;
+    let mut gw = on_redis(&fake, &redis.url());
+    gw.onboard(&fake, "m1");
+    gw.onboard(&fake, "m2");
+    redis.call(&["HSET", "gw:merchant:m2", "data", "{not json"]);
+    gw.spawn();
+    let status_of = |m: &'static str| {
+        let url = format!("{}/v2/echo/payments", gw.base_url());
+        async move {
+            let resp = http()
+                .get(url)
+                .header("X-Merchant-Id", m)
+                .send()
+                .await
+                .unwrap();
+            let code = resp
+                .headers()
+                .get("x-gateway-error")
+                .map(|v| v.to_str().unwrap().to_string());
+            let status = resp.status().as_u16();
+            (status, code, resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(status_of("m1").await.0, 200);
+    for _ in 0..3 {
+        let (status, code, body) = status_of("m2").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(code.as_deref(), Some("store_unavailable"), "{body}");
+        assert!(body.contains("\"status\":503"), "Mollie's shape: {body}");
+    }
+    // Full reloads (after each pub/sub resubscription): the record is not logged again.
+    for _ in 0..2 {
+        let before = full_loads(&redis);
+        redis.call(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while full_loads(&redis) <= before {
+            assert!(Instant::now() < deadline, "no full reload");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logged = gw.log_text().matches("unreadable record in Redis").count();
+    assert_eq!(logged, 1, "{}", gw.log_text());
+    // A new authorization of m2 through the CLI does not write over it either.
+    let out = gw.cli(&["merchants", "add", "m2", "--refresh-token", "refresh_new"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never overwritten while unreadable"), "{err}");
+    assert_eq!(
+        redis.call(&["HGET", "gw:merchant:m2", "data"]),
+        "$9\r\n{not json\r\n"
+    );
+    assert_eq!(status_of("m1").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_full_load_reads_every_merchant_in_batches() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedisStore::open(&redis.url(), "t:", &dir.path().join("f.json")).unwrap();
+    const N: usize = 1200; // three batches
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let store = store.clone();
+        set.spawn(async move {
+            let m = StoredMerchant::new(RefreshToken::new(format!("refresh_{i}")));
+            store.put(&id(&format!("m{i:04}")), &m).await.unwrap();
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.unwrap();
+    }
+    redis.call(&["HSET", "t:merchant:m0007", "data", "[]"]);
+    let started = Instant::now();
+    let all = store.load_all().await.unwrap();
+    let took = started.elapsed();
+    println!("load_all of {N} merchants: {took:?}");
+    assert_eq!(all.len(), N - 1, "all but the unreadable one");
+    assert_eq!(all[0].0, id("m0000"));
+    assert_eq!(all[7].0, id("m0008"));
+    assert_eq!(
+        all[N - 2].1.refresh_token,
+        RefreshToken::new("refresh_1199")
+    );
+}

@@ -47,6 +47,8 @@ use tracing::Instrument;
 
 /// The most one store operation may take, connecting included.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Records read per round trip by a full load (pipelined `HMGET`s).
+const LOAD_BATCH: usize = 500;
 /// How often a write re-reads and retries when another writer got there first.
 const CAS_ATTEMPTS: u32 = 5;
 
@@ -157,6 +159,9 @@ struct Shared {
     fallback_written: Notify,
     /// What `P events` announced, for [`CredentialStore::events`].
     events: broadcast::Sender<StoreEvent>,
+    /// Records that do not parse, by merchant, with the version seen: each is logged once
+    /// (not on every full reload), again only when it changes.
+    unreadable: std::sync::Mutex<std::collections::HashMap<MerchantId, u64>>,
 }
 
 impl Shared {
@@ -219,9 +224,29 @@ impl Shared {
             .await
             .map_err(redis_err)?;
         match (version, data) {
-            (Some(v), Some(d)) => Ok((v, Some(decode_record(id, &d)?))),
+            (Some(v), Some(d)) => Ok((v, Some(self.decode(id, v, &d)?))),
             _ => Ok((0, None)),
         }
+    }
+
+    /// [`decode_record`], logging a record that does not parse once per version. Such a record
+    /// is never written over: every write reads (and so fails) first.
+    fn decode(&self, id: &MerchantId, version: u64, data: &[u8]) -> Result<Record, StoreError> {
+        let decoded = decode_record(id, data);
+        let mut unreadable = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+        match &decoded {
+            Ok(_) => {
+                if unreadable.remove(id).is_some() {
+                    tracing::info!(merchant = %id, "the record in Redis is readable again");
+                }
+            }
+            Err(e) => {
+                if unreadable.insert(id.clone(), version) != Some(version) {
+                    tracing::error!(merchant = %id, version, error = %e, "unreadable record in Redis: the merchant answers 503 store_unavailable until it is fixed or removed; it is never overwritten");
+                }
+            }
+        }
+        decoded
     }
 
     /// Writes (or deletes, with `None`) the record if its version is still `expected`.
@@ -284,18 +309,31 @@ impl Shared {
             .query_async(&mut c)
             .await
             .map_err(redis_err)?;
+        let ids: Vec<MerchantId> = ids
+            .iter()
+            .filter_map(|raw| MerchantId::parse(raw).ok())
+            .collect();
         let mut all = Vec::with_capacity(ids.len());
-        for raw in ids {
-            let Ok(id) = MerchantId::parse(&raw) else {
-                continue;
-            };
-            match self.read(&id).await {
-                Ok((_, Some(r))) => all.push((id, r.merchant)),
-                Ok((_, None)) => {}
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    tracing::error!(merchant = %id, error = %e, "skipping an unreadable record");
+        // One round trip per batch, not per merchant.
+        for batch in ids.chunks(LOAD_BATCH) {
+            let mut pipe = redis::pipe();
+            for id in batch {
+                pipe.cmd("HMGET")
+                    .arg(self.record_key(id))
+                    .arg("version")
+                    .arg("data");
+            }
+            type Row = (Option<u64>, Option<Vec<u8>>);
+            let rows: Vec<Row> = pipe.query_async(&mut c).await.map_err(redis_err)?;
+            for (id, row) in batch.iter().zip(rows) {
+                let (Some(version), Some(data)) = row else {
+                    continue; // removed meanwhile
+                };
+                // An unreadable record is logged (once) and left out: that merchant answers
+                // 503 store_unavailable when asked for (`get` fails the same way).
+                if let Ok(r) = self.decode(id, version, &data) {
+                    all.push((id.clone(), r.merchant));
                 }
-                Err(e) => return Err(e),
             }
         }
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -367,6 +405,7 @@ impl RedisStore {
             fallback: FileStore::open(fallback)?,
             fallback_written: Notify::new(),
             events: broadcast::channel(1024).0,
+            unreadable: Default::default(),
         });
         let home = Home::start()?;
         let span = tracing::info_span!("fallback push-back");
