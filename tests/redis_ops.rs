@@ -66,6 +66,12 @@ async fn a_redis_that_refuses_the_credentials_stops_the_start_naming_the_key() {
         "~*",
         "&*",
         "+@all",
+        "--user",
+        "pinger",
+        "on",
+        ">Ping-Pa55",
+        "~*",
+        "+ping",
     ]);
     let fake = FakeMollie::start().await;
     let sock = redis.socket.display().to_string();
@@ -83,20 +89,23 @@ async fn a_redis_that_refuses_the_credentials_stops_the_start_naming_the_key() {
             "ACL user, wrong password",
             format!("redis+unix://{sock}?user=gw&pass=Wr0ng-Pa55"),
         ),
+        (
+            "ACL user without the store's commands (NOPERM)",
+            format!("redis+unix://{sock}?user=pinger&pass=Ping-Pa55"),
+        ),
     ] {
         let gw = on_redis(&fake, &url);
         let (code, err) = run_refused(&gw);
         assert_eq!(code, Some(1), "{case}: {err}");
         assert!(err.contains("store.redis_url"), "{case}: {err}");
         assert!(
-            err.contains("refused the user or password"),
+            err.contains("refused the user, password or permissions of store.redis_url"),
             "{case}: {err}"
         );
-        assert!(
-            !err.contains("Wr0ng-Pa55"),
-            "{case}: the password shown: {err}"
-        );
-        assert!(!gw.log_text().contains("Wr0ng-Pa55"), "{case}");
+        // `err` holds the whole log of the attempt (the gateway logs to standard error).
+        for password in ["Wr0ng-Pa55", "Ping-Pa55"] {
+            assert!(!err.contains(password), "{case}: the password shown: {err}");
+        }
     }
     // The ACL user with its password: starts and is ready.
     let mut gw = on_redis(&fake, &format!("redis+unix://{sock}?user=gw&pass=Gw-Pa55"));
@@ -333,6 +342,14 @@ async fn store_migrate_file_to_redis_and_back_keeps_every_record_and_newer_targe
     assert!(support::read_store(&gw.store)
         .to_string()
         .contains("refresh_newer_in_redis"));
+    // A record in Redis that does not parse: named, exit 1, the others copied.
+    redis.call(&["HSET", "mollie-gateway:merchant:m2", "data", "{not json"]);
+    let third = gw.store.with_file_name("third.json");
+    let (code, out, err) = migrate(&gw, &url, &format!("file:{}", third.display()));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out.trim(), "copied 2, unchanged 0, conflicts 0, failed 1");
+    assert!(err.contains("failed: merchant m2"), "{err}");
+    assert!(err.contains("(m2)"), "{err}");
 }
 
 #[tokio::test]

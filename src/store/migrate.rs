@@ -57,7 +57,14 @@ pub async fn migrate(
     to: &dyn CredentialStore,
 ) -> Result<Migration, StoreError> {
     let mut done = Migration::default();
-    for (id, merchant) in from.load_all().await? {
+    let all = from.load_all().await?;
+    // Left out of the load because they do not parse: named, never silently dropped.
+    for id in from.unreadable() {
+        let reason = "the source record does not parse; not copied".to_string();
+        let path = format!("merchant {id}");
+        done.failed.push((id, StoreError::Corrupt { path, reason }));
+    }
+    for (id, merchant) in all {
         let target = match to.get(&id).await {
             Ok(t) => t,
             Err(e) => {

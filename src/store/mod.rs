@@ -85,7 +85,7 @@ pub enum StoreError {
     /// Redis refused this gateway's credentials (`WRONGPASS`, `NOAUTH`, `NOPERM`): a
     /// configuration error, not an outage (start-up refuses). Never carries the password.
     #[error(
-        "credential store (redis): Redis refused the user or password of store.redis_url: {0}"
+        "credential store (redis): Redis refused the user, password or permissions of store.redis_url: {0}"
     )]
     Refused(String),
     /// A compare-and-set kept losing to other writers; what it wanted to write was kept in
@@ -247,6 +247,12 @@ pub trait CredentialStore: Send + Sync {
         _token: &SharedToken,
     ) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// Merchants whose records could not be parsed by the last reads (left out of
+    /// [`load_all`](Self::load_all), answered with an error by [`get`](Self::get)). Default:
+    /// none (the file store refuses the whole file instead).
+    fn unreadable(&self) -> Vec<MerchantId> {
+        Vec::new()
     }
     /// Uses up a one-time value (the nonce of an OAuth `state`) until `expires_at` (unix
     /// seconds): `Ok(true)` the first time across every process sharing the store, `Ok(false)`

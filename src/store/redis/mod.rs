@@ -586,6 +586,17 @@ impl CredentialStore for Arc<RedisStore> {
         true
     }
 
+    fn unreadable(&self) -> Vec<MerchantId> {
+        let unreadable = self.shared.unreadable.lock();
+        let mut ids: Vec<MerchantId> = unreadable
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
     fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
         Some(self.shared.events.subscribe())
     }
