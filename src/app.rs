@@ -14,8 +14,8 @@ use crate::proxy::{Gateway, Live, ProxyListener, Upstreams};
 use crate::reload::{ConfigSource, ReloadService};
 use crate::store::crypto::{Keyring, Sealing};
 use crate::store::file::FileStore;
-use crate::store::redis::RedisStore;
-use crate::store::CredentialStore;
+use crate::store::redis::{client as redis_client, RedisStore};
+use crate::store::{CredentialStore, StoreError};
 use crate::tokens::{
     RefresherService, RevokerService, StoreEventsService, TokenManager, TokenPolicy,
 };
@@ -135,6 +135,10 @@ impl Parts {
         match (self.tokens.load().await, self.settings.store.backend) {
             (Ok(n), _) => Ok(n),
             (Err(e), StoreBackend::File) => Err(StartError(format!("store.path: {e}"))),
+            // Waiting does not fix a wrong password: refuse, naming the key (not the URL).
+            (Err(e @ StoreError::Refused(_)), StoreBackend::Redis) => {
+                Err(StartError(e.to_string()))
+            }
             // Redis may come later: merchants are then read from it on first use.
             (Err(e), StoreBackend::Redis) => {
                 tracing::error!(error = %e, "cannot load merchants from Redis at start-up; starting without them (/readyz says why)");
@@ -179,16 +183,58 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn CredentialStore>, Start
             FileStore::open_sealed(&s.path, sealing(settings)?)
                 .map_err(|e| StartError(format!("store.path: {e}")))?,
         ),
-        StoreBackend::Redis => Arc::new(
-            RedisStore::open_sealed(
-                &s.redis_url,
-                &s.key_prefix,
-                &s.fallback_path,
-                sealing(settings)?,
+        StoreBackend::Redis => {
+            let ca = Some(Path::new(&s.redis_ca_file)).filter(|_| !s.redis_ca_file.is_empty());
+            let client = redis_client(&s.redis_url, ca).map_err(|e| StartError(e.to_string()))?;
+            Arc::new(
+                RedisStore::open_client(
+                    client,
+                    &s.key_prefix,
+                    &s.fallback_path,
+                    sealing(settings)?,
+                )
+                    .map_err(|e| StartError(format!("store: {e}")))?,
             )
-            .map_err(|e| StartError(format!("store: {e}")))?,
-        ),
+        }
     })
+}
+
+/// A store named on the command line (`store migrate`): `file:PATH`, `file` (`store.path`), a
+/// `redis://`, `rediss://` or `redis+unix://` URL, or `redis` (`store.redis_url`: keeps a
+/// password out of `ps`). The other `store.*` keys (key prefix, CA file, fallback path, key
+/// file) come from the configuration. Errors never show a URL (it may hold a password).
+pub fn open_store_named(
+    settings: &Settings,
+    spec: &str,
+) -> Result<Arc<dyn CredentialStore>, StartError> {
+    let s = &settings.store;
+    if spec == "file" || spec.starts_with("file:") {
+        let path = spec
+            .strip_prefix("file:")
+            .map_or(s.path.clone(), Into::into);
+        if path.as_os_str().is_empty() {
+            return Err(StartError("file: needs a path (file:PATH)".into()));
+        }
+        let store = FileStore::open_sealed(&path, sealing(settings)?)
+            .map_err(|e| StartError(format!("{}: {e}", path.display())))?;
+        return Ok(Arc::new(store));
+    }
+    let url = if spec == "redis" { &s.redis_url } else { spec };
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if !matches!(scheme, Some("redis" | "rediss" | "redis+unix" | "unix")) {
+        return Err(StartError(
+            "a store is file:PATH, file (store.path), redis (store.redis_url), or a redis://, \
+             rediss:// or redis+unix:// URL"
+                .into(),
+        ));
+    }
+    let ca = Some(Path::new(&s.redis_ca_file))
+        .filter(|_| !s.redis_ca_file.is_empty() && scheme == Some("rediss"));
+    let client = redis_client(url, ca).map_err(|e| StartError(e.to_string()))?;
+    let store =
+        RedisStore::open_client(client, &s.key_prefix, &s.fallback_path, sealing(settings)?)
+            .map_err(|e| StartError(format!("store: {e}")))?;
+    Ok(Arc::new(store))
 }
 
 /// Builds the whole server: proxy and admin services plus background services. The caller
@@ -222,7 +268,8 @@ pub fn build_server(
     server.bootstrap();
     let live = Arc::new(Live::from_settings(&parts.settings, &parts.metrics).map_err(StartError)?);
     let proxy = proxy_service(&parts, &server.configuration, proxy_socket.fd_key(), &live)?;
-    let onboarding = Onboarding::new(&parts.settings, parts.tokens.clone()).map_err(StartError)?;
+    let onboarding = Onboarding::new(&parts.settings, parts.tokens.clone(), parts.store.clone())
+        .map_err(StartError)?;
     let (admin_pages, oauth) = match oauth_socket {
         None => (Some(onboarding), None),
         Some(socket) => {

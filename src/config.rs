@@ -213,8 +213,11 @@ pub struct OAuthSettings {
     /// Refresh tokens in the background before requests need them.
     pub background_refresh: bool,
     /// HMAC key signing the OAuth `state` of `/oauth/connect`; empty = random per process
-    /// (then a callback must reach the process that issued its state).
+    /// (then a callback must reach the process that issued its state). Required with the
+    /// Redis store (every replica verifies the states the others issued).
     pub state_secret: Secret,
+    /// A file holding `state_secret` (a mounted secret) instead; set only one of the two.
+    pub state_secret_file: String,
 }
 
 impl Default for OAuthSettings {
@@ -233,6 +236,7 @@ impl Default for OAuthSettings {
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             background_refresh: true,
             state_secret: Secret::default(),
+            state_secret_file: String::new(),
         }
     }
 }
@@ -310,8 +314,12 @@ pub enum StoreBackend {
 pub struct StoreSettings {
     pub backend: StoreBackend,
     pub path: PathBuf,
-    /// Redis backend: `redis://[user:password@]host:port[/db]` or `redis+unix:///path`.
+    /// Redis backend: `redis://[user:password@]host:port[/db]`, `rediss://…` (TLS) or
+    /// `redis+unix:///path`.
     pub redis_url: String,
+    /// Redis backend, `rediss://`: PEM certificates trusted for Redis's TLS certificate instead
+    /// of the system's trust store (a private CA); empty = the system's.
+    pub redis_ca_file: String,
     /// Redis backend: every key starts with it (several gateways may share one Redis).
     pub key_prefix: String,
     /// AES-256-GCM keys for the records' secrets, one `key_id:base64(32 bytes)` a line, the
@@ -327,6 +335,7 @@ impl Default for StoreSettings {
             backend: StoreBackend::File,
             path: PathBuf::from(DEFAULT_STORE_PATH),
             redis_url: DEFAULT_REDIS_URL.into(),
+            redis_ca_file: String::new(),
             key_prefix: DEFAULT_KEY_PREFIX.into(),
             encryption_key_file: String::new(),
             fallback_path: PathBuf::from(DEFAULT_FALLBACK_PATH),

@@ -5,6 +5,7 @@
 //!   `merchants list`,
 //!   `merchants remove ID [--keep-authorization]`: act on the configured credential store
 //!   (`remove` revokes at Mollie first; exit code 3 when that did not happen).
+//! - `store migrate --from A --to B`: copy every merchant between stores (file ⇄ Redis).
 //! - `store rekey`: re-encrypt every stored record under the newest key of
 //!   `store.encryption_key_file`.
 //! - `clients new NAME [--merchants m1,m2] [--test]`: a new gateway key for a calling service.
@@ -107,6 +108,15 @@ enum MerchantsCommand {
 enum StoreCommand {
     /// Re-encrypt every record under the newest key (the last line of the key file).
     Rekey,
+    /// Copy every merchant from one store into another (file ⇄ Redis); never overwrites a
+    /// newer record of the target (a conflict: exit code 4). A store is `file:PATH`, `file`
+    /// (store.path), `redis` (store.redis_url) or a redis://, rediss://, redis+unix:// URL.
+    Migrate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,6 +176,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Store(StoreCommand::Rekey) => rekey(settings),
+        Command::Store(StoreCommand::Migrate { from, to }) => match migrate(settings, &from, &to) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Clients(ClientsCommand::New {
             name,
             merchants,
@@ -290,6 +304,46 @@ fn rekey(settings: Settings) -> Result<(), StartError> {
         .unwrap_or_else(|_| "the newest key".into());
     println!("re-encrypted {count} record(s) under key {key_id}");
     Ok(())
+}
+
+/// Exit code of `store migrate` when records were kept in the target as newer (conflicts).
+const MIGRATE_CONFLICTS: u8 = 4;
+
+/// `store migrate`: counts on stdout, each conflict and failure on stderr (naming the
+/// merchant, never a secret); exit 1 when a merchant could not be copied (the source keeps
+/// it: run again), 4 when only conflicts remain.
+fn migrate(settings: Settings, from: &str, to: &str) -> Result<ExitCode, StartError> {
+    let source =
+        app::open_store_named(&settings, from).map_err(|e| StartError(format!("--from: {e}")))?;
+    let target =
+        app::open_store_named(&settings, to).map_err(|e| StartError(format!("--to: {e}")))?;
+    let rt = cli_runtime()?;
+    let done = rt
+        .block_on(mollie_gateway::store::migrate::migrate(&*source, &*target))
+        .map_err(|e| StartError(format!("--from: {e}; nothing was copied")))?;
+    for id in &done.conflicts {
+        eprintln!(
+            "conflict: merchant {id} changed later in the target (or differently at the same \
+             second); kept as it is there"
+        );
+    }
+    for (id, e) in &done.failed {
+        eprintln!("failed: merchant {id}: {e}");
+    }
+    println!("{}", done.counts());
+    if !done.failed.is_empty() {
+        let ids: Vec<String> = done.failed.iter().map(|(id, _)| id.to_string()).collect();
+        return Err(StartError(format!(
+            "{} merchant(s) not copied ({}); the source still holds them: run again once the \
+             target answers",
+            ids.len(),
+            ids.join(", ")
+        )));
+    }
+    if !done.conflicts.is_empty() {
+        return Ok(ExitCode::from(MIGRATE_CONFLICTS));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `merchants …`: the exit code ([`NOT_REVOKED`] for a removal Mollie did not confirm).

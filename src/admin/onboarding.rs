@@ -8,14 +8,15 @@
 //!   the merchant; `?error=…&state=…` (the merchant declined) stores nothing.
 //!
 //! The `state` (in [`super::state`]) is signed with `oauth.state_secret` (empty: a random key
-//! per process), names the merchant, expires after [`STATE_TTL_SECS`](super::state::STATE_TTL_SECS) and is accepted once.
+//! per process), names the merchant, expires after [`STATE_TTL_SECS`](super::state::STATE_TTL_SECS) and is accepted once
+//! (across replicas with a shared store: [`CredentialStore::use_once`]).
 //! Every answer, errors included (another method: 405, another `/oauth/…` path: 404), is a
 //! small self-contained HTML [`Page`] for a browser; anything echoed in it is escaped.
 //! Must not: log or show a code, a state or a token.
 
 use super::state::{StateBook, StateError};
 use crate::config::Settings;
-use crate::store::unix_now;
+use crate::store::{unix_now, CredentialStore};
 use crate::tokens::TokenManager;
 use crate::types::{MerchantId, Secret};
 use axum::extract::{RawQuery, State};
@@ -32,6 +33,8 @@ const MAX_PARAM_LEN: usize = 4096;
 /// The `/oauth/…` pages.
 pub struct Onboarding {
     tokens: TokenManager,
+    /// Shared stores remember used states across replicas.
+    store: Arc<dyn CredentialStore>,
     book: StateBook,
     client_id: String,
     redirect_uri: String,
@@ -44,7 +47,12 @@ pub struct Onboarding {
 type Query = HashMap<String, String>;
 
 impl Onboarding {
-    pub fn new(settings: &Settings, tokens: TokenManager) -> Result<Onboarding, String> {
+    /// `store` keeps used states across replicas ([`CredentialStore::use_once`]).
+    pub fn new(
+        settings: &Settings,
+        tokens: TokenManager,
+        store: Arc<dyn CredentialStore>,
+    ) -> Result<Onboarding, String> {
         let o = &settings.oauth;
         let mut missing = Vec::new();
         if o.client_id.is_empty() {
@@ -60,6 +68,7 @@ impl Onboarding {
         }
         Ok(Onboarding {
             tokens,
+            store,
             book: StateBook::from_secret(&o.state_secret)?,
             client_id: o.client_id.clone(),
             redirect_uri: o.redirect_uri.clone(),
@@ -145,7 +154,7 @@ impl Onboarding {
     /// `Err` is a page that ends the flow early.
     async fn callback(&self, query: &Query) -> Result<Page, Page> {
         self.configured()?;
-        let merchant = self.redeem(query)?;
+        let merchant = self.redeem(query).await?;
         if let Some(error) = query.get("error") {
             return Err(declined(&merchant, error, query.get("error_description")));
         }
@@ -156,22 +165,40 @@ impl Onboarding {
     }
 
     /// Verifies and uses up the `state`: the merchant it was issued for.
-    fn redeem(&self, query: &Query) -> Result<MerchantId, Page> {
+    async fn redeem(&self, query: &Query) -> Result<MerchantId, Page> {
         let Some(state) = query.get("state") else {
             return Err(bad(
                 "The link has no state: start again at /oauth/connect?merchant=ID.",
             ));
         };
-        self.book.redeem(state, unix_now()).map_err(|e| {
-            tracing::info!(error = %e, "OAuth callback refused");
-            let again = match &e {
-                StateError::Invalid => "Start again at /oauth/connect?merchant=ID.".to_string(),
-                StateError::Expired(m) | StateError::Replayed(m) => {
-                    format!("Start again at /oauth/connect?merchant={m}.")
+        let now = unix_now();
+        // A shared store first (another replica may have used it), then this process's book.
+        let used = match self.book.verify(state, now) {
+            Ok((merchant, expires, nonce)) => match self.store.use_once(&nonce, expires).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(StateError::Replayed(merchant)),
+                Err(e) => {
+                    tracing::error!(merchant = %merchant, error = %e, "OAuth callback: cannot check the state in the store");
+                    let mut page = Page::new(StatusCode::SERVICE_UNAVAILABLE, "Not connected")
+                            .line("The gateway cannot reach its credential store right now; nothing was stored.")
+                            .line("Open this link again in a minute.");
+                    page.retry_after = true;
+                    return Err(page);
                 }
-            };
-            bad(format!("{e}.")).line(again)
-        })
+            },
+            Err(e) => Err(e),
+        };
+        used.and_then(|()| self.book.redeem(state, now))
+            .map_err(|e| {
+                tracing::info!(error = %e, "OAuth callback refused");
+                let again = match &e {
+                    StateError::Invalid => "Start again at /oauth/connect?merchant=ID.".to_string(),
+                    StateError::Expired(m) | StateError::Replayed(m) => {
+                        format!("Start again at /oauth/connect?merchant={m}.")
+                    }
+                };
+                bad(format!("{e}.")).line(again)
+            })
     }
 
     /// Exchanges the code (grant `authorization_code`) and stores the merchant.

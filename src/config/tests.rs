@@ -166,10 +166,19 @@ fn every_file_in_conf_loads() {
     let secrets = tempfile::tempdir().unwrap();
     let token = secrets.path().join("admin-token");
     std::fs::write(&token, "admin-token-0123456789\n").unwrap();
-    let env = HashMap::from([(
-        "MOLLIE_GATEWAY__ADMIN__TOKEN_FILE".to_string(),
-        token.display().to_string(),
-    )]);
+    // replicas.toml (Redis) reads the OAuth state secret from a mounted file too.
+    let state = secrets.path().join("state-secret");
+    std::fs::write(&state, "state-secret-0123456789\n").unwrap();
+    let env = HashMap::from([
+        (
+            "MOLLIE_GATEWAY__ADMIN__TOKEN_FILE".to_string(),
+            token.display().to_string(),
+        ),
+        (
+            "MOLLIE_GATEWAY__OAUTH__STATE_SECRET_FILE".to_string(),
+            state.display().to_string(),
+        ),
+    ]);
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -211,22 +220,71 @@ fn the_connection_limits_are_checked() {
 
 #[test]
 fn the_redis_store_is_checked_and_its_password_masked() {
-    let ok = "[store]\nbackend = \"redis\"\nredis_url = \"redis://u:hunter2@h:6379/0\"\n";
+    let ok = "[oauth]\nstate_secret = \"s3\"\n[store]\nbackend = \"redis\"\nredis_url = \"redis://u:hunter2@h:6379/0\"\n";
     let s = parse(ok, &HashMap::new()).unwrap();
     assert_eq!(s.store.backend, StoreBackend::Redis);
     let shown = s.to_masked_toml();
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("redis://u:***@h:6379/0"), "{shown}");
     let bad =
-        "[store]\nbackend = \"redis\"\nredis_url = \"http://x:secret@h\"\nkey_prefix = \"\"\n";
+        "[oauth]\nstate_secret = \"s3\"\n[store]\nbackend = \"redis\"\nredis_url = \"http://x:secret@h\"\nkey_prefix = \"\"\n";
     let err = parse(bad, &HashMap::new()).unwrap_err();
     let all = err.problems.join("\n");
     assert!(all.contains("store.redis_url"), "{all}");
     assert!(all.contains("store.key_prefix"), "{all}");
     assert!(!all.contains("secret"), "the URL is not repeated: {all}");
-    let tls = "[store]\nbackend = \"redis\"\nredis_url = \"rediss://h:6380\"\n";
-    let err = parse(tls, &HashMap::new()).unwrap_err();
-    assert!(err.problems[0].contains("rediss://"), "{:?}", err.problems);
+    let tls = "[oauth]\nstate_secret = \"s3\"\n[store]\nbackend = \"redis\"\nredis_url = \"rediss://u:hunter2@h:6380\"\n";
+    parse(tls, &HashMap::new()).unwrap();
+    let insecure = "[oauth]\nstate_secret = \"s3\"\n[store]\nbackend = \"redis\"\nredis_url = \"rediss://h:6380#insecure\"\n";
+    let err = parse(insecure, &HashMap::new()).unwrap_err();
+    assert!(err.problems[0].contains("#insecure"), "{:?}", err.problems);
+}
+
+#[test]
+fn the_redis_ca_file_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.txt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (url, ca, expected) in [
+        ("rediss://h:6380", &not_pem, "holds no PEM certificate"),
+        ("rediss://h:6380", &missing, "cannot be read"),
+        ("redis://u:hunter2@h:6380", &not_pem, "not a rediss:// URL"),
+    ] {
+        let toml = format!(
+            "[oauth]\nstate_secret = \"s3\"\n[store]\nbackend = \"redis\"\nredis_url = {url:?}\nredis_ca_file = {:?}\n",
+            ca.display().to_string()
+        );
+        let all = parse(&toml, &HashMap::new())
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(all.contains("store.redis_ca_file"), "{all}");
+        assert!(all.contains(expected), "{all}");
+        assert!(!all.contains("hunter2"), "{all}");
+    }
+}
+
+#[test]
+fn a_redis_url_that_does_not_parse_is_refused_naming_the_key_not_the_url() {
+    for url in [
+        "redis://u:hunter2@h:6379/notadb",
+        "redis://u:hunter2@0.0.0.0:6379",
+        "redis+unix:///tmp/r.sock?db=x&pass=hunter2",
+        "not a url hunter2",
+        "redis://u:hunter2@h:99999",
+    ] {
+        let toml = format!(
+            "[oauth]\nstate_secret = \"s3\"\n[store]\nbackend = \"redis\"\nredis_url = {url:?}\n"
+        );
+        let err = parse(&toml, &HashMap::new()).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("store.redis_url"), "{url}: {all}");
+        assert!(
+            !all.contains("hunter2"),
+            "the password is not repeated: {all}"
+        );
+    }
 }
 
 #[test]
@@ -235,7 +293,7 @@ fn the_redis_backend_takes_a_key_file_and_checks_it() {
     let keys = dir.path().join("keys");
     std::fs::write(&keys, "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
     let toml = format!(
-        "[store]\nbackend = \"redis\"\nencryption_key_file = {:?}\n",
+        "[oauth]\nstate_secret = \"s3\"\n[store]\nbackend = \"redis\"\nencryption_key_file = {:?}\n",
         keys.display().to_string()
     );
     let s = parse(&toml, &HashMap::new()).unwrap();
@@ -250,4 +308,33 @@ fn the_redis_backend_takes_a_key_file_and_checks_it() {
         err.contains("store.encryption_key_file") && err.contains("line 1"),
         "{err}"
     );
+}
+
+#[test]
+fn the_redis_store_requires_a_state_secret_from_the_config_the_env_or_a_file() {
+    let toml = "[store]\nbackend = \"redis\"\n";
+    let all = parse(toml, &HashMap::new())
+        .unwrap_err()
+        .problems
+        .join("\n");
+    assert!(all.contains("oauth.state_secret"), "{all}");
+    assert!(all.contains("oauth.state_secret_file"), "{all}");
+    let s = parse(
+        toml,
+        &env(&[("MOLLIE_GATEWAY__OAUTH__STATE_SECRET", "from-env")]),
+    )
+    .unwrap();
+    assert_eq!(s.oauth.state_secret.expose(), "from-env");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state-secret");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let with_file = format!(
+        "[oauth]\nstate_secret_file = {:?}\n{toml}",
+        file.display().to_string()
+    );
+    let s = parse(&with_file, &HashMap::new()).unwrap();
+    assert_eq!(s.oauth.state_secret.expose(), "from-file");
+    assert!(!s.to_masked_toml().contains("from-file"));
+    // The file store keeps its per-process default.
+    parse("", &HashMap::new()).unwrap();
 }

@@ -30,6 +30,14 @@ impl Settings {
             &self.merchants.header,
         );
         self.store.validate(&mut p);
+        if self.store.backend == StoreBackend::Redis && self.oauth.state_secret.is_empty() {
+            p.push(
+                "oauth.state_secret (MOLLIE_GATEWAY__OAUTH__STATE_SECRET) or \
+                 oauth.state_secret_file is required with store.backend = \"redis\": every \
+                 replica must verify the OAuth states the others issued (the same value on all)"
+                    .into(),
+            );
+        }
         let admin = &mut self.admin;
         resolve_secret_file(
             &mut p,
@@ -128,6 +136,11 @@ impl OAuthSettings {
             p,
             ("oauth.client_secret", &mut self.client_secret),
             ("oauth.client_secret_file", &self.client_secret_file),
+        );
+        resolve_secret_file(
+            p,
+            ("oauth.state_secret", &mut self.state_secret),
+            ("oauth.state_secret_file", &self.state_secret_file),
         );
     }
 }
@@ -234,13 +247,29 @@ impl StoreSettings {
     }
 
     fn validate_redis(&self, p: &mut Problems) {
+        // The URL itself is never repeated: it may hold a password.
         match url::Url::parse(&self.redis_url) {
-            Ok(u) if ["redis", "redis+unix", "unix"].contains(&u.scheme()) => {}
-            Ok(u) if u.scheme() == "rediss" => p.push(
-                "store.redis_url: rediss:// (TLS) is not supported in this version yet".into(),
+            Ok(u) if u.scheme() == "rediss" && u.fragment().is_some() => p.push(
+                "store.redis_url: a rediss:// URL takes no #fragment (#insecure is not \
+                 supported: trust a private CA with store.redis_ca_file)"
+                    .into(),
             ),
-            // The URL itself is not repeated: it may hold a password.
-            _ => p.push("store.redis_url must be a redis:// or redis+unix:// URL".into()),
+            Ok(u) if ["redis", "rediss", "redis+unix", "unix"].contains(&u.scheme()) => {
+                // What the redis crate itself makes of it (host, port, db, user, password,
+                // the CA file).
+                let ca = Some(&self.redis_ca_file).filter(|f| !f.is_empty());
+                let ca = ca.map(std::path::Path::new);
+                if let Err(e) = crate::store::redis::client(&self.redis_url, ca) {
+                    p.push(e.to_string().replace("credential store (redis): ", ""));
+                }
+            }
+            Ok(_) => {
+                p.push("store.redis_url must be a redis://, rediss:// or redis+unix:// URL".into())
+            }
+            Err(e) => p.push(format!(
+                "store.redis_url does not parse ({e}); it must be a redis://, rediss:// or \
+                 redis+unix:// URL"
+            )),
         }
         if self.key_prefix.is_empty() {
             p.push("store.key_prefix must not be empty with the redis backend".into());

@@ -14,6 +14,7 @@
 pub mod credential;
 pub mod crypto;
 pub mod file;
+pub mod migrate;
 pub mod redis;
 
 use crate::types::{AccessToken, MerchantId, RefreshToken};
@@ -103,6 +104,12 @@ pub enum StoreError {
     /// password).
     #[error("credential store (redis): {0}")]
     Redis(String),
+    /// Redis refused this gateway's credentials (`WRONGPASS`, `NOAUTH`, `NOPERM`): a
+    /// configuration error, not an outage (start-up refuses). Never carries the password.
+    #[error(
+        "credential store (redis): Redis refused the user, password or permissions of store.redis_url: {0}"
+    )]
+    Refused(String),
     /// A compare-and-set kept losing to other writers; what it wanted to write was kept in
     /// the fallback file (`store.fallback_path`).
     #[error("credential store (redis): merchant {id} kept changing under this write; the change was kept in {kept_in}")]
@@ -263,6 +270,18 @@ pub trait CredentialStore: Send + Sync {
         _token: &SharedToken,
     ) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// Merchants whose records could not be parsed by the last reads (left out of
+    /// [`load_all`](Self::load_all), answered with an error by [`get`](Self::get)). Default:
+    /// none (the file store refuses the whole file instead).
+    fn unreadable(&self) -> Vec<MerchantId> {
+        Vec::new()
+    }
+    /// Uses up a one-time value (the nonce of an OAuth `state`) until `expires_at` (unix
+    /// seconds): `Ok(true)` the first time across every process sharing the store, `Ok(false)`
+    /// after. Default (one process): `Ok(true)`, the caller's own memory is the record.
+    async fn use_once(&self, _nonce: &str, _expires_at: u64) -> Result<bool, StoreError> {
+        Ok(true)
     }
     /// Every stored merchant without its secrets, sorted by id. The default reads
     /// [`load_all`](Self::load_all); a backend that can list without reading secrets

@@ -115,7 +115,22 @@ impl GatewayBuilder {
     }
 
     /// Writes the config and the store directory; does not start anything.
-    pub fn prepare(self) -> Gateway {
+    pub fn prepare(mut self) -> Gateway {
+        // The Redis store requires oauth.state_secret (replicas verify each other's states).
+        let redis = self
+            .env
+            .iter()
+            .any(|(k, v)| k == "STORE__BACKEND" && v == "redis");
+        let secret = self
+            .env
+            .iter()
+            .any(|(k, _)| k.starts_with("OAUTH__STATE_SECRET"));
+        if redis && !secret {
+            self = self.env(
+                "OAUTH__STATE_SECRET",
+                "state-secret-shared-by-test-replicas",
+            );
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let mut handed = Vec::new();
         let listen = self.listen_addr("{listen}", &mut handed);

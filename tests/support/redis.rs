@@ -11,17 +11,25 @@ pub struct Redis {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// More `redis-server` arguments (`--requirepass`, `--user`, `--tls-port`, …).
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Starts one and waits (bounded, 10 s) until it answers `PING`.
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Starts one with more `redis-server` arguments (`--requirepass`, `--user`, TLS).
+    pub fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("redis.sock");
         let mut redis = Redis {
             child: None,
             dir,
             socket,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         redis.spawn();
         redis
@@ -33,6 +41,7 @@ impl Redis {
             .arg("--unixsocket")
             .arg(&self.socket)
             .args(["--unixsocketperm", "700"])
+            .args(&self.extra)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -75,7 +84,10 @@ impl Redis {
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        // `-NOAUTH`: up, with a password required (`--requirepass`).
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
     }
 
     /// Sends one command as a RESP array (arguments may hold spaces and newlines).

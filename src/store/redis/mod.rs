@@ -19,6 +19,8 @@
 //!   never reused, even after a remove and a new authorization (no ABA).
 //! - `P lock:<id>`: the refresh lock, `SET NX PX` with a random owner, renewed and released
 //!   only by owner-checked scripts.
+//! - `P once:<sha256>`: a used OAuth `state` nonce, until the state expires
+//!   ([`CredentialStore::use_once`]).
 //! - `P events`: pub/sub channel, `changed <id>` / `removed <id>` after a put, a revocation or
 //!   a removal, `token <id>` after a newer access token was shared
 //!   ([`CredentialStore::events`]).
@@ -27,7 +29,8 @@
 //! driver task lives there, so callers on pingora's several runtimes share one connection
 //! that outlives none of them. A background task on the same runtime pushes the fallback file
 //! back into Redis, another listens on `P events` (`tasks.rs`); the record's bytes are made in
-//! `record.rs`. Not done yet: TLS (`rediss://`).
+//! `record.rs`. `rediss://` is TLS through rustls (the system's trust store, or
+//! `store.redis_ca_file`).
 
 mod record;
 mod tasks;
@@ -50,6 +53,8 @@ use tracing::Instrument;
 
 /// The most one store operation may take, connecting included.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Records read per round trip by a full load (pipelined `HMGET`s).
+const LOAD_BATCH: usize = 500;
 /// How often a write re-reads and retries when another writer got there first.
 const CAS_ATTEMPTS: u32 = 5;
 
@@ -94,7 +99,50 @@ static LOCK_RELEASE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 fn redis_err(e: redis::RedisError) -> StoreError {
-    StoreError::Redis(e.to_string())
+    if refuses_credentials(&e) {
+        StoreError::Refused(e.to_string())
+    } else {
+        StoreError::Redis(e.to_string())
+    }
+}
+
+/// A wrong password or user (`WRONGPASS`), a password missing (`NOAUTH`), or an ACL user not
+/// allowed the store's commands (`NOPERM`): fixed by the operator, not by waiting.
+pub fn refuses_credentials(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
+
+/// The Redis client of `url` (`store.redis_url`); for `rediss://`, `ca_file`
+/// (`store.redis_ca_file`, PEM) holds the certificates trusted instead of the system's. Does not
+/// connect. Errors name the key, never the URL (it may hold a password).
+pub fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, StoreError> {
+    let parse =
+        |e: redis::RedisError| StoreError::Redis(format!("store.redis_url does not parse: {e}"));
+    let Some(ca_file) = ca_file else {
+        return redis::Client::open(url).map_err(parse);
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(parse)?;
+    if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Err(StoreError::Redis(
+            "store.redis_ca_file is set but store.redis_url is not a rediss:// URL".into(),
+        ));
+    }
+    let shown = ca_file.display();
+    let pem = std::fs::read(ca_file).map_err(|e| {
+        StoreError::Redis(format!("store.redis_ca_file {shown} cannot be read: {e}"))
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(StoreError::Redis(format!(
+            "store.redis_ca_file {shown} holds no PEM certificate"
+        )));
+    }
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(info, certs)
+        .map_err(|e| StoreError::Redis(format!("store.redis_ca_file {shown} is not usable: {e}")))
 }
 
 /// What a read-modify-write decides, given the current record.
@@ -119,6 +167,9 @@ struct Shared {
     events: broadcast::Sender<StoreEvent>,
     /// Seals the records' secrets (plaintext without `store.encryption_key_file`).
     sealing: Sealing,
+    /// Records that do not parse, by merchant, with the version seen: each is logged once
+    /// (not on every full reload), again only when it changes.
+    unreadable: std::sync::Mutex<std::collections::HashMap<MerchantId, u64>>,
 }
 
 impl Shared {
@@ -181,9 +232,29 @@ impl Shared {
             .await
             .map_err(redis_err)?;
         match (version, data) {
-            (Some(v), Some(d)) => Ok((v, Some(decode_record(&self.sealing, id, &d)?))),
+            (Some(v), Some(d)) => Ok((v, Some(self.decode(id, v, &d)?))),
             _ => Ok((0, None)),
         }
+    }
+
+    /// [`decode_record`], logging a record that does not parse once per version. Such a record
+    /// is never written over: every write reads (and so fails) first.
+    fn decode(&self, id: &MerchantId, version: u64, data: &[u8]) -> Result<Record, StoreError> {
+        let decoded = decode_record(&self.sealing, id, data);
+        let mut unreadable = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+        match &decoded {
+            Ok(_) => {
+                if unreadable.remove(id).is_some() {
+                    tracing::info!(merchant = %id, "the record in Redis is readable again");
+                }
+            }
+            Err(e) => {
+                if unreadable.insert(id.clone(), version) != Some(version) {
+                    tracing::error!(merchant = %id, version, error = %e, "unreadable record in Redis: the merchant answers 503 store_unavailable until it is fixed or removed; it is never overwritten");
+                }
+            }
+        }
+        decoded
     }
 
     /// Writes (or deletes, with `None`) the record if its version is still `expected`.
@@ -249,18 +320,31 @@ impl Shared {
             .query_async(&mut c)
             .await
             .map_err(redis_err)?;
+        let ids: Vec<MerchantId> = ids
+            .iter()
+            .filter_map(|raw| MerchantId::parse(raw).ok())
+            .collect();
         let mut all = Vec::with_capacity(ids.len());
-        for raw in ids {
-            let Ok(id) = MerchantId::parse(&raw) else {
-                continue;
-            };
-            match self.read(&id).await {
-                Ok((_, Some(r))) => all.push((id, r.merchant)),
-                Ok((_, None)) => {}
-                Err(e @ (StoreError::Corrupt { .. } | StoreError::Crypto { .. })) => {
-                    tracing::error!(merchant = %id, error = %e, "skipping an unreadable record (never overwritten; the merchant is not served)");
+        // One round trip per batch, not per merchant.
+        for batch in ids.chunks(LOAD_BATCH) {
+            let mut pipe = redis::pipe();
+            for id in batch {
+                pipe.cmd("HMGET")
+                    .arg(self.record_key(id))
+                    .arg("version")
+                    .arg("data");
+            }
+            type Row = (Option<u64>, Option<Vec<u8>>);
+            let rows: Vec<Row> = pipe.query_async(&mut c).await.map_err(redis_err)?;
+            for (id, row) in batch.iter().zip(rows) {
+                let (Some(version), Some(data)) = row else {
+                    continue; // removed meanwhile
+                };
+                // An unreadable record is logged (once) and left out: that merchant answers
+                // 503 store_unavailable when asked for (`get` fails the same way).
+                if let Ok(r) = self.decode(id, version, &data) {
+                    all.push((id.clone(), r.merchant));
                 }
-                Err(e) => return Err(e),
             }
         }
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -318,16 +402,25 @@ impl RedisStore {
         RedisStore::open_sealed(url, prefix, fallback, Sealing::default())
     }
 
-    /// As [`RedisStore::open`], sealing every record (and the fallback file) it writes with
-    /// `sealing`'s newest key; sealed records that do not open are errors, never rewritten.
+    /// As [`open`](Self::open), sealing with `sealing` (see [`open_client`](Self::open_client)).
     pub fn open_sealed(
         url: &str,
         prefix: &str,
         fallback: &Path,
         sealing: Sealing,
     ) -> Result<Arc<RedisStore>, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Redis(format!("store.redis_url does not parse: {e}")))?;
+        RedisStore::open_client(client(url, None)?, prefix, fallback, sealing)
+    }
+
+    /// As [`open`](Self::open), with a client from [`client`] (a `rediss://` URL may trust its
+    /// own CA), sealing every record (and the fallback file) it writes with `sealing`'s newest
+    /// key; sealed records that do not open are errors, never rewritten.
+    pub fn open_client(
+        client: redis::Client,
+        prefix: &str,
+        fallback: &Path,
+        sealing: Sealing,
+    ) -> Result<Arc<RedisStore>, StoreError> {
         let shared = Arc::new(Shared {
             client,
             conn: OnceCell::new(),
@@ -336,6 +429,7 @@ impl RedisStore {
             fallback_written: Notify::new(),
             events: broadcast::channel(1024).0,
             sealing,
+            unreadable: Default::default(),
         });
         let home = Home::start()?;
         let span = tracing::info_span!("fallback push-back");
@@ -559,6 +653,17 @@ impl CredentialStore for Arc<RedisStore> {
         true
     }
 
+    fn unreadable(&self) -> Vec<MerchantId> {
+        let unreadable = self.shared.unreadable.lock();
+        let mut ids: Vec<MerchantId> = unreadable
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
     fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
         Some(self.shared.events.subscribe())
     }
@@ -599,6 +704,31 @@ impl CredentialStore for Arc<RedisStore> {
             .run("get", |s| async move { s.read(&id).await })
             .await?;
         Ok(read.1.and_then(|r| r.access))
+    }
+
+    /// `SET <prefix>once:<sha256(nonce)> 1 NX PX <until expires_at>`: the first replica wins.
+    /// The key holds a hash of the nonce, not the nonce.
+    async fn use_once(&self, nonce: &str, expires_at: u64) -> Result<bool, StoreError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, nonce.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{}once:{hex}", self.shared.prefix);
+        let ttl_ms = (expires_at * 1000)
+            .saturating_sub(super::unix_now_ms())
+            .max(1);
+        self.run("once", |s| async move {
+            let mut c = s.conn().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut c)
+                .await
+                .map_err(redis_err)?;
+            Ok(set.is_some())
+        })
+        .await
     }
 
     /// Kept only if it expires later than the token already shared.
