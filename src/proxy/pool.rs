@@ -10,7 +10,8 @@
 //! connection to watch it while idle and asks the kernel for the peer address (`getpeername`)
 //! at every checkout, which together cost about 6 % of a proxied request
 //! (`benches/README.md`). Here each worker thread keeps a LIFO of idle connections per
-//! upstream (the most recently used one is the warmest), a connection is checked when it is
+//! upstream (the most recently used one is the warmest; another thread's is taken when the
+//! own has none), a connection is checked when it is
 //! taken (a non-blocking read through the TLS layer, as pingora's `test_reusable_stream`
 //! does, so a TLS 1.3 session ticket is not mistaken for stray data; tokio answers it without
 //! a system call unless the socket became readable, i.e. closed or sent something), and a
@@ -135,12 +136,24 @@ impl IdlePool {
         })
     }
 
-    /// The most recently released live connection to `key` on this thread.
+    /// The most recently released live connection to `key` on this thread, else on another
+    /// thread (a task may have moved, or released it elsewhere).
     fn take(&self, key: u64) -> Option<Stream> {
         if self.count.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let shard = self.local();
+        let local = self.local();
+        if let Some(stream) = self.take_from(&local, key) {
+            return Some(stream);
+        }
+        let shards: Vec<_> = lock(&self.shards).clone();
+        shards
+            .iter()
+            .filter(|shard| !Arc::ptr_eq(shard, &local))
+            .find_map(|shard| self.take_from(shard, key))
+    }
+
+    fn take_from(&self, shard: &Shard, key: u64) -> Option<Stream> {
         loop {
             let idle = {
                 let mut idle = lock(&shard.0);
@@ -254,6 +267,17 @@ mod tests {
         assert_eq!(pool.take(1).map(|s| s.id()), Some(a_id));
         assert!(pool.take(1).is_none());
         assert_eq!(pool.count.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_released_on_another_thread_is_taken() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = IdlePool::new(8, Duration::from_secs(60));
+        let (a, _ta) = pair(&listener).await;
+        let a_id = a.id();
+        let other = pool.clone();
+        std::thread::spawn(move || other.put(1, a)).join().unwrap();
+        assert_eq!(pool.take(1).map(|s| s.id()), Some(a_id));
     }
 
     #[tokio::test(flavor = "current_thread")]
