@@ -22,7 +22,6 @@ use crate::tokens::{
 use crate::upstream::{Endpoint, ResolverService};
 use pingora::connectors::http::Connector;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -317,21 +316,15 @@ fn proxy_service(
         s.server.header_timeout(),
     );
     let mut proxy = Service::new("mollie-gateway proxy".to_string(), listener);
-    // A 16 KiB write buffer (pingora's default is one MSS, 1,460 bytes): a response head and
-    // body up to that size leave in one write, as nginx sends them.
-    let buffers = L4BufferSettings::default().write(PROXY_WRITE_BUFFER);
-    let mut endpoint = ListenerConfig::tcp(listen).l4_buffer(buffers);
-    if !s.server.tls_cert.is_empty() {
+    if s.server.tls_cert.is_empty() {
+        proxy.add_tcp(listen);
+    } else {
         let mut tls = tls_settings(s)?;
         tls.enable_h2();
-        endpoint = endpoint.tls(tls);
+        proxy.add_tls_with_settings(listen, None, tls);
     }
-    proxy.add_listener(endpoint);
     Ok(proxy)
 }
-
-/// The proxy listener's per-connection write buffer.
-const PROXY_WRITE_BUFFER: usize = 16 * 1024;
 
 fn tls_settings(s: &Settings) -> Result<TlsSettings, StartError> {
     TlsSettings::intermediate(&s.server.tls_cert, &s.server.tls_key)
