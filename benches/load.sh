@@ -9,10 +9,11 @@
 # Knobs (environment): ROUNDS=5 DURATION=10 (s per wrk run) CONNS="64 1" MERCHANTS=1000
 # WARMUP=3 LOGS=on|off (access logs of both proxies) DUMMY_KEY=live_… (test_… makes the
 # gateway add testmode=true) STORM_N=1,100,1000 TOKEN_DELAY_MS=50 SCALE_MERCHANTS=100000
-# SCALE_ROUNDS=3 KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
+# SCALE_ROUNDS=3 CLIENTS=on (a [clients] entry for DUMMY_KEY: caller keys checked) KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
 # the gateway process, e.g. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 to try an allocator).
 # BASELINE=/path/to/another/mollie-gateway (ab only): that build runs too, as target `baseline`,
 # interleaved with the others, so a change is measured against its predecessor in one run.
+# Several: BASELINE="name1=/path/one name2=/path/two" (targets name1, name2; ratios to each).
 # wrk runs on CPU 0; the upstream and the proxy under test share CPU 1 (WRK_CPU, SERVER_CPU).
 # Needs nginx and wrk (installed from Debian with apt-get when missing), curl and cargo.
 set -euo pipefail
@@ -75,6 +76,12 @@ cpu_ticks() {
   for p in "$@"; do t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}'))); done
   echo "$t"
 }
+# utime (ticks) alone.
+user_ticks() {
+  local t=0 p
+  for p in "$@"; do t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12}'))); done
+  echo "$t"
+}
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -113,6 +120,11 @@ path = "$1/credentials.json"
 [log]
 level = "$level"
 EOF
+  if [ "${CLIENTS:-off}" = on ]; then
+    # The wrk script sends DUMMY_KEY as its Bearer: a known client for every merchant.
+    printf '[clients.bench]\nkey_sha256 = ["%s"]\nmerchants = ["*"]\n' \
+      "$(printf %s "$DUMMY_KEY" | sha256sum | cut -d' ' -f1)" >>"$1/gateway.toml"
+  fi
 }
 
 # Starts the gateway of directory $1 (pinned, 1 worker thread; binary $2, default $BIN);
@@ -169,18 +181,19 @@ EOF
 # One wrk run: target name, connections, port, mode, PIDs of the proxy → a results row.
 run_wrk() {
   local target=$1 conns=$2 port=$3 mode=$4; shift 4
-  local before up_before out after up_after
-  before=$(cpu_ticks "$@"); up_before=$(cpu_ticks "$UP_PID")
+  local before up_before out after up_after user_before user_after
+  before=$(cpu_ticks "$@"); up_before=$(cpu_ticks "$UP_PID"); user_before=$(user_ticks "$@")
   out=$(MODE=$mode MERCHANTS=$MERCHANTS taskset -c "$WRK_CPU" \
     wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s -s benches/rotate.lua "http://127.0.0.1:$port" | grep '^RESULT')
-  after=$(cpu_ticks "$@"); up_after=$(cpu_ticks "$UP_PID")
+  after=$(cpu_ticks "$@"); up_after=$(cpu_ticks "$UP_PID"); user_after=$(user_ticks "$@")
   local kv; kv=$(echo "$out" | cut -d' ' -f2-)
   local requests rps p50 p99 p999 non2xx errors
   eval "$(echo "$kv" | tr ' ' '\n' | grep -E '^(requests|rps|p50|p99|p999|non2xx|errors)=')"
   awk -v t="$target" -v c="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v d="$p999" -v n="$non2xx" \
       -v e="$errors" -v q="$requests" -v cpu=$((after - before)) -v up=$((up_after - up_before)) -v tick="$TICK" \
-    'BEGIN {printf "%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.2f\t%.2f\n", t, c, r, a, b, d, n, e,
-            cpu * 1e6 / tick / q, up * 1e6 / tick / q}'
+      -v user=$((user_after - user_before)) \
+    'BEGIN {printf "%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.2f\n", t, c, r, a, b, d, n, e,
+            cpu * 1e6 / tick / q, up * 1e6 / tick / q, user * 1e6 / tick / q, (cpu - user) * 1e6 / tick / q}'
 }
 
 ab() {
@@ -189,16 +202,20 @@ ab() {
   gateway_config "$WORK/gw"
   "$KIT" store --merchants "$MERCHANTS" --out "$WORK/gw/credentials.json"
   start_gateway "$WORK/gw"
-  TARGETS="direct nginx gateway"
-  if [ -n "${BASELINE:-}" ]; then
-    mkdir -p "$WORK/base"
-    local gw=$GW gwa=$GWA gw_pid=$GW_PID
-    gateway_config "$WORK/base"
-    cp "$WORK/gw/credentials.json" "$WORK/base/credentials.json"
-    start_gateway "$WORK/base" "$BASELINE"
-    BASE=$GW BASE_PID=$GW_PID GW=$gw GWA=$gwa GW_PID=$gw_pid
-    TARGETS="direct nginx baseline gateway"
-  fi
+  TARGETS="direct nginx gateway" BASES=""
+  declare -gA BASE_PORT BASE_PID
+  local entry name path gw=$GW gwa=$GWA gw_pid=$GW_PID
+  for entry in ${BASELINE:-}; do
+    case $entry in *=*) name=${entry%%=*} path=${entry#*=} ;; *) name=baseline path=$entry ;; esac
+    mkdir -p "$WORK/base-$name"
+    gateway_config "$WORK/base-$name"
+    cp "$WORK/gw/credentials.json" "$WORK/base-$name/credentials.json"
+    start_gateway "$WORK/base-$name" "$path"
+    BASE_PORT[$name]=$GW BASE_PID[$name]=$GW_PID
+    BASES="$BASES $name"
+  done
+  GW=$gw GWA=$gwa GW_PID=$gw_pid
+  [ -z "$BASES" ] || TARGETS="direct nginx$BASES gateway"
   start_nginx
   local dur=$DURATION; DURATION=$WARMUP
   for t in $TARGETS; do warm_row=$(one "$t" 64); done
@@ -222,7 +239,7 @@ one() {
     direct) run_wrk direct "$2" "$UP" direct "$UP_PID" ;;
     nginx) run_wrk nginx "$2" "$NG" proxy $NG_PIDS ;;
     gateway) run_wrk gateway "$2" "$GW" proxy "$GW_PID" ;;
-    baseline) run_wrk baseline "$2" "$BASE" proxy "$BASE_PID" ;;
+    *) run_wrk "$1" "$2" "${BASE_PORT[$1]}" proxy "${BASE_PID[$1]}" ;;
   esac
 }
 
@@ -232,13 +249,14 @@ summarize() {
   med() { awk -F'\t' -v t="$1" -v c="$2" -v k="$3" '$1 == t && $2 == c {print $k}' "$rows" | median; }
   echo "Medians of $ROUNDS interleaved rounds, ${DURATION}s each, $MERCHANTS merchants, access logs $LOGS:"
   echo
-  echo "| target | conns | req/s | p50 µs | p99 µs | p99.9 µs | non-2xx | errors | proxy CPU µs/req | upstream CPU µs/req |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| target | conns | req/s | p50 µs | p99 µs | p99.9 µs | non-2xx | errors | proxy CPU µs/req | user | system | upstream CPU µs/req |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   for c in $CONNS; do
     for t in $TARGETS; do
-      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$c" \
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$c" \
         "$(med $t $c 3)" "$(med $t $c 4)" "$(med $t $c 5)" "$(med $t $c 6)" "$(med $t $c 7)" \
-        "$(med $t $c 8)" "$( [ $t = direct ] && echo "—" || med $t $c 9)" "$(med $t $c 10)"
+        "$(med $t $c 8)" "$( [ $t = direct ] && echo "—" || med $t $c 9)" \
+        "$(med $t $c 11)" "$(med $t $c 12)" "$(med $t $c 10)"
     done
   done
   echo
@@ -248,12 +266,12 @@ summarize() {
         -v gp="$(med gateway $c 4)" -v np="$(med nginx $c 4)" -v dp="$(med direct $c 4)" \
       'BEGIN {printf "%s conns: gateway/nginx req/s %.2f×, CPU µs/req %.2f×; gateway/direct req/s %.2f×; p50 added over direct: gateway %d µs, nginx %d µs\n",
               c, gr / nr, gc / nc, gr / dr, gp - dp, np - dp}'
-    if [ -n "${BASELINE:-}" ]; then
-      awk -v c="$c" -v gc="$(med gateway $c 9)" -v bc="$(med baseline $c 9)" -v nc="$(med nginx $c 9)" \
-          -v gr="$(med gateway $c 3)" -v br="$(med baseline $c 3)" \
-        'BEGIN {printf "%s conns: gateway/baseline CPU µs/req %.2f×, req/s %.2f×; baseline/nginx CPU µs/req %.2f×\n",
-                c, gc / bc, gr / br, bc / nc}'
-    fi
+    for b in $BASES; do
+      awk -v c="$c" -v b="$b" -v gc="$(med gateway $c 9)" -v bc="$(med $b $c 9)" -v nc="$(med nginx $c 9)" \
+          -v gr="$(med gateway $c 3)" -v br="$(med $b $c 3)" \
+        'BEGIN {printf "%s conns: gateway/%s CPU µs/req %.2f×, req/s %.2f×; %s/nginx CPU µs/req %.2f×\n",
+                c, b, gc / bc, gr / br, b, bc / nc}'
+    done
   done
 }
 

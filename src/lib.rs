@@ -21,6 +21,7 @@
 //!   `defaults` (testmode/profileId), `headers` (pure head rewrites, origin-form targets,
 //!   request ids), `exchange` (the attempt policy: 401 replay, one retry on a fresh
 //!   connection), `pool` (upstream connections), `response` (streaming to the caller).
+//! - [`access_log`]: the access log's lines, formatted by hand and written buffered.
 //! - [`reload`]: SIGHUP reloads `[clients]` and `[merchants.defaults]`.
 //! - [`metrics`]: every Prometheus metric on an injected registry.
 //! - [`admin`]: the admin listener, an axum router (`/metrics`, `/healthz`, `/readyz`):
@@ -33,6 +34,7 @@
 //!   port 0 works and the bound addresses are known (`server.bound_addrs_file`).
 //! - [`app`]: building the pingora server from settings (used by `main.rs`).
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod clients;

@@ -16,12 +16,12 @@
 
 use clap::{Parser, Subcommand};
 use mollie_gateway::app::{self, Parts, StartError};
-use mollie_gateway::clients;
 use mollie_gateway::config::{self, LogFormat, Settings, Source};
 use mollie_gateway::reload::ConfigSource;
 use mollie_gateway::store::crypto::Keyring;
 use mollie_gateway::store::{CredentialKind, StaticCredential};
 use mollie_gateway::types::{MerchantId, RefreshToken, Secret};
+use mollie_gateway::{access_log, clients};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -153,7 +153,11 @@ fn main() -> ExitCode {
                 .collect();
             let source = ConfigSource { source, env };
             match app::build_server(settings, source, upgrade) {
-                Ok(server) => server.run_forever(),
+                Ok(server) => {
+                    server.run(pingora::server::RunArgs::default());
+                    access_log::flush();
+                    std::process::exit(0)
+                }
                 Err(e) => Err(e),
             }
         }
@@ -227,6 +231,7 @@ fn init_logging(settings: &Settings) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    access_log::install(settings.log.format);
 }
 
 fn secret_arg(value: String, what: &str) -> Result<String, StartError> {

@@ -36,6 +36,7 @@ pub use headers::rewrite_upstream_headers;
 pub use listener::ProxyListener;
 pub use pool::{Upstreams, UPSTREAM_IDLE_TIMEOUT};
 
+use crate::access_log;
 use crate::clients::{Client, Clients};
 use crate::config::Settings;
 use crate::error::{self, GatewayError};
@@ -603,20 +604,19 @@ impl Gateway {
             m.gateway_errors.with_label_values(&[code]).inc();
         }
         let req = s.req_header();
-        tracing::info!(
-            target: "access",
-            method = %req.method,
-            path = req.uri.path(),
+        access_log::log(&access_log::Line {
+            method: req.method.as_str(),
+            path: req.uri.path(),
             status,
-            merchant = ctx.merchant.as_ref().map(MerchantId::as_str).unwrap_or("-"),
-            client = ctx.client.as_ref().map(|c| &*c.name).unwrap_or("-"),
-            request_id = ctx.request_id.to_str().unwrap_or("-"),
-            upstream_status = ctx.upstream_status.unwrap_or(0),
-            duration_us = total.as_micros() as u64,
-            gateway_us = gateway.map(|g| g.as_micros() as u64).unwrap_or(0),
-            replayed = ctx.replay_outcome == Some("replayed"),
-            error = ctx.error_code.unwrap_or("-"),
-        );
+            merchant: ctx.merchant.as_ref().map(MerchantId::as_str).unwrap_or("-"),
+            client: ctx.client.as_ref().map(|c| &*c.name).unwrap_or("-"),
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            upstream_status: ctx.upstream_status.unwrap_or(0),
+            duration_us: total.as_micros() as u64,
+            gateway_us: gateway.map(|g| g.as_micros() as u64).unwrap_or(0),
+            replayed: ctx.replay_outcome == Some("replayed"),
+            error: ctx.error_code.unwrap_or("-"),
+        });
     }
 
     /// A request head pingora could not parse: a Mollie-shaped 400, counted, then close.
@@ -632,7 +632,11 @@ impl Gateway {
             .gateway_errors
             .with_label_values(&[error.code()])
             .inc();
-        tracing::info!(target: "access", method = "-", path = "-", status = error.status(), error = error.code());
+        access_log::log(&access_log::Line {
+            status: error.status(),
+            error: error.code(),
+            ..Default::default()
+        });
         s.set_keepalive(None);
         if s.write_response_header(Box::new(header)).await.is_ok() {
             let _ = s.write_response_body(body, true).await;

@@ -127,6 +127,9 @@ async fn a_closed_pooled_connection_is_retried_only_for_idempotent_requests() {
     // 2: the pooled connection is closed under it: retried once on a new connection.
     let second = send(reqwest::Method::GET).await.unwrap();
     assert_eq!(second.status(), 200);
+    // Read to its end, so that the POST follows on the same caller connection, after the
+    // gateway has pooled the upstream connection (not on a new one, racing with that).
+    second.text().await.unwrap();
     assert_eq!(connections.load(Ordering::SeqCst), 2);
     assert_eq!(answered.load(Ordering::SeqCst), 2);
     // 3: a POST is never sent twice: the caller gets 502 upstream_unavailable.

@@ -19,6 +19,7 @@
 //! connection reaches this code, under pingora's own fixed handshake timeout.
 
 use super::Gateway;
+use crate::access_log;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, Refusal};
 use async_trait::async_trait;
@@ -193,7 +194,11 @@ impl ProxyListener {
             .gateway_errors
             .with_label_values(&[error.code()])
             .inc();
-        tracing::info!(target: "access", method = "-", path = "-", status = error.status(), error = error.code());
+        access_log::log(&access_log::Line {
+            status: error.status(),
+            error: error.code(),
+            ..Default::default()
+        });
         let answer = error_bytes(&error);
         let written = async {
             stream.write_all(&answer).await?;
