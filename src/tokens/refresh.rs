@@ -160,7 +160,8 @@ impl TokenManager {
     }
 
     /// Durable first: a rotated refresh token that is not stored is a lost merchant. When the
-    /// store fails, the token is kept in memory (the next refresh uses it) and this one fails.
+    /// store fails (and the token did not reach its fallback file either), the token is kept in
+    /// memory (the next refresh uses it) and this one fails.
     async fn keep_rotated(
         &self,
         merchant: &MerchantId,
@@ -172,6 +173,12 @@ impl TokenManager {
             Err(StoreError::Conflict { .. }) => self.count_store_outcome("save", "fallback"),
             other => self.count_store("save", other.is_ok()),
         }
+        // Kept in the fallback file (on disk, pushed to the store later; logged there): as
+        // durable as a store write, so the new access token serves.
+        let saved = match saved {
+            Err(StoreError::Conflict { .. }) => Ok(true),
+            other => other,
+        };
         if let Ok(false) = saved {
             tracing::info!("merchant was removed during its refresh; dropping it");
             self.inner.slots.remove(merchant);
