@@ -455,11 +455,11 @@ spread() {
   after=$(cpu_ticks $pids); ra=$(cpu_ticks "$REDIS_PID")
   local exp; exp=$(curl -s "127.0.0.1:$TOK/_expiries?gap_ms=$((REPLICA_LIFETIME * 250))")
   for p in $ports; do cat "$WORK/wrk-$p"; done | tr ' ' '\n' | awk -F= -v b="$backend" \
-      -v cpu=$((after - before)) -v redis=$((ra - rb)) -v tick="$TICK" -v exp="$exp" '
+      -v cpu=$((after - before)) -v redis=$((ra - rb)) -v tick="$TICK" -v ex="$exp" '
     $1 == "requests" {q += $2} $1 == "rps" {r += $2} $1 == "p99" && $2 > p {p = $2}
     $1 == "non2xx" {n += $2} $1 == "errors" {e += $2}
     END {
-      nf = split(exp, f, /[{}:,"]+/)
+      nf = split(ex, f, /[{}:,"]+/)
       for (i = 1; i < nf; i++) v[f[i]] = f[i + 1]
       printf "%s\t%.0f\t%d\t%d\t%d\t%.2f\t%.2f\t%d\t%d\t%d\n", b, r, p, n, e,
         cpu * 1e6 / tick / q, redis * 1e6 / tick / q, v["calls"], v["expiries"], v["max_calls_per_expiry"]
