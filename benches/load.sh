@@ -5,17 +5,21 @@
 #   benches/load.sh storm   # refresh storm: N = 1, 100, 1000 requests on one expired token
 #   benches/load.sh scale   # 100,000 merchants: start-up time and RSS above an empty store
 #   benches/load.sh profile # where the gateway's CPU goes at 64 connections (perf/callgrind)
+#   benches/load.sh replicas # 3 replicas on one Redis vs 3 on file stores, same run: token
+#                            # calls per merchant per expiry, proxy CPU µs/request
 #
 # Knobs (environment): ROUNDS=5 DURATION=10 (s per wrk run) CONNS="64 1" MERCHANTS=1000
 # WARMUP=3 LOGS=on|off (access logs of both proxies) DUMMY_KEY=live_… (test_… makes the
 # gateway add testmode=true) STORM_N=1,100,1000 TOKEN_DELAY_MS=50 SCALE_MERCHANTS=100000
-# SCALE_ROUNDS=3 CLIENTS=on (a [clients] entry for DUMMY_KEY: caller keys checked) KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
+# SCALE_ROUNDS=3 CLIENTS=on (a [clients] entry for DUMMY_KEY: caller keys checked)
+# REPLICAS=3 REPLICA_MERCHANTS=20 REPLICA_LIFETIME=4 (s) REPLICA_CONNS=48 KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
 # the gateway process, e.g. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 to try an allocator).
 # BASELINE=/path/to/another/mollie-gateway (ab only): that build runs too, as target `baseline`,
 # interleaved with the others, so a change is measured against its predecessor in one run.
 # Several: BASELINE="name1=/path/one name2=/path/two" (targets name1, name2; ratios to each).
 # wrk runs on CPU 0; the upstream and the proxy under test share CPU 1 (WRK_CPU, SERVER_CPU).
-# Needs nginx and wrk (installed from Debian with apt-get when missing), curl and cargo.
+# Needs nginx and wrk (installed from Debian with apt-get when missing), curl and cargo;
+# `replicas` needs redis-server (scripts/setup --test installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -89,7 +93,8 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR 
 start_upstream() {
   rm -f "$WORK/upstream.ports"
   taskset -c "$SERVER_CPU" "$KIT" serve --api 127.0.0.1:0 --tokens 127.0.0.1:0 \
-    --suffix "$TOKEN_SUFFIX" --token-delay-ms "${1:-0}" --ports-file "$WORK/upstream.ports" &
+    --suffix "$TOKEN_SUFFIX" --token-delay-ms "${1:-0}" --short-lifetime-secs "${2:-2}" \
+    --ports-file "$WORK/upstream.ports" &
   UP_PID=$!; PIDS+=("$UP_PID")
   for _ in $(seq 1 500); do [ -s "$WORK/upstream.ports" ] && break; sleep 0.01; done
   read -r UP TOK <"$WORK/upstream.ports"
@@ -381,10 +386,113 @@ profile() {
   fi
 }
 
+# Several replicas: $REPLICAS gateways on one Redis and as many on their own file stores (a
+# copy each), all running; the same load on each set in turn (interleaved rounds). The
+# $REPLICA_MERCHANTS merchants are the upstream's short-lived ones (s000001…, tokens live
+# $REPLICA_LIFETIME s), background refresh off: every token is replaced on the request path
+# half a lifetime after it was issued, by whichever replica meets it first.
+replicas() {
+  need redis-server || { echo "needs redis-server: scripts/setup --test" >&2; exit 1; }
+  local k=$REPLICA_MERCHANTS life=$REPLICA_LIFETIME
+  start_upstream 0 "$life"
+  taskset -c "$SERVER_CPU" redis-server --port 0 --save "" --appendonly no \
+    --unixsocket "$WORK/redis.sock" --unixsocketperm 700 >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!; PIDS+=("$REDIS_PID")
+  for _ in $(seq 1 500); do [ -S "$WORK/redis.sock" ] && break; sleep 0.01; done
+  local redis_env="MOLLIE_GATEWAY__STORE__BACKEND=redis MOLLIE_GATEWAY__STORE__REDIS_URL=redis+unix://$WORK/redis.sock"
+  local backend i d
+  for backend in redis file; do
+    eval "${backend}_PORTS='' ${backend}_PIDS=''"
+    for i in $(seq 1 "$REPLICAS"); do
+      d=$WORK/$backend-$i; mkdir -p "$d"
+      BACKGROUND_REFRESH=false gateway_config "$d"
+      local env=""
+      if [ $backend = redis ]; then
+        env="$redis_env MOLLIE_GATEWAY__STORE__FALLBACK_PATH=$d/fallback.json"
+        if [ "$i" = 1 ]; then  # onboard once, through the CLI, as an operator would
+          for m in $(seq 1 "$k"); do
+            m=$(printf 's%06d' "$m")
+            env $env "$BIN" --config "$d/gateway.toml" merchants add "$m" --refresh-token "refresh_$m" >/dev/null
+          done
+        fi
+      else
+        "$KIT" store --merchants 0 --storm "$k" --out "$d/credentials.json"
+      fi
+      GATEWAY_ENV="${GATEWAY_ENV:-} $env" start_gateway "$d"
+      eval "${backend}_PORTS=\"\$${backend}_PORTS $GW\" ${backend}_PIDS=\"\$${backend}_PIDS $GW_PID\""
+    done
+  done
+  local gap=$((life * 250)) dur=$DURATION rows=$WORK/rows.tsv
+  DURATION=$WARMUP
+  for backend in redis file; do spread $backend >/dev/null; done
+  DURATION=$dur
+  curl -s "127.0.0.1:$TOK/_expiries" >/dev/null  # the warm-up's calls
+  for r in $(seq 1 "$ROUNDS"); do
+    local order="redis file"; [ $((r % 2)) = 1 ] || order="file redis"
+    for backend in $order; do spread $backend | tee -a "$rows" >&2; done
+  done
+  med() { awk -F'\t' -v t="$1" -v k="$2" '$1 == t {print $k}' "$rows" | median; }
+  sum() { awk -F'\t' -v t="$1" -v k="$2" '$1 == t {s += $k} END {print s + 0}' "$rows"; }
+  echo "$REPLICAS replicas per backend, $k merchants (tokens live ${life} s, background refresh off),"
+  echo "$REPLICA_CONNS connections spread evenly (one wrk per replica, all at once), medians of $ROUNDS"
+  echo "interleaved rounds of ${DURATION} s; an expiry = a merchant's token calls less than ${gap} ms apart:"
+  echo
+  echo "| backend | req/s | worst replica's p99 µs | non-2xx | errors | proxy CPU µs/req (all replicas) | Redis CPU µs/req | token calls | expiries | token calls per merchant per expiry | most calls for one expiry |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  for backend in redis file; do
+    local calls exp
+    calls=$(sum $backend 8) exp=$(sum $backend 9)
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$backend" \
+      "$(med $backend 2)" "$(med $backend 3)" "$(sum $backend 4)" "$(sum $backend 5)" \
+      "$(med $backend 6)" "$( [ $backend = redis ] && med $backend 7 || echo "—")" "$calls" "$exp" \
+      "$(awk -v c="$calls" -v e="$exp" 'BEGIN {printf "%.2f", e ? c / e : 0}')" \
+      "$(awk -F'\t' -v t="$backend" '$1 == t && $10 > m {m = $10} END {print m + 0}' "$rows")"
+  done
+  echo
+  awk -v r="$(med redis 6)" -v f="$(med file 6)" \
+    'BEGIN {printf "proxy CPU µs/req, redis/file: %.2f×\n", r / f}'
+  echo "upstream answers: $(upstream_stat api_ok) × 200, $(upstream_stat api_401) × 401"
+}
+
+# One run of the replicas of backend $1: one wrk per replica at once ($REPLICA_CONNS spread
+# evenly), then a results row: backend, req/s, worst p99, non-2xx, errors, proxy CPU µs/req,
+# Redis CPU µs/req, token calls, expiries, most calls for one expiry.
+spread() {
+  local backend=$1 ports pids p w=() before after rb ra
+  eval "ports=\$${backend}_PORTS pids=\$${backend}_PIDS"
+  local per=$(( REPLICA_CONNS / REPLICAS )); [ "$per" -ge 1 ] || per=1
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks $pids); rb=$(cpu_ticks "$REDIS_PID")
+  for p in $ports; do
+    MODE=proxy PREFIX=s MERCHANTS=$REPLICA_MERCHANTS taskset -c "$WRK_CPU" \
+      wrk -t1 -c"$per" -d"${DURATION}s" --timeout 5s -s benches/rotate.lua "http://127.0.0.1:$p" \
+      | grep '^RESULT' >"$WORK/wrk-$p" &
+    w+=($!)
+  done
+  wait "${w[@]}"
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $pids); ra=$(cpu_ticks "$REDIS_PID")
+  local exp; exp=$(curl -s "127.0.0.1:$TOK/_expiries?gap_ms=$((REPLICA_LIFETIME * 250))")
+  for p in $ports; do cat "$WORK/wrk-$p"; done | tr ' ' '\n' | awk -F= -v b="$backend" \
+      -v cpu=$((after - before)) -v redis=$((ra - rb)) -v tick="$TICK" -v ex="$exp" '
+    $1 == "requests" {q += $2} $1 == "rps" {r += $2} $1 == "p99" && $2 > p {p = $2}
+    $1 == "non2xx" {n += $2} $1 == "errors" {e += $2}
+    END {
+      nf = split(ex, f, /[{}:,"]+/)
+      for (i = 1; i < nf; i++) v[f[i]] = f[i + 1]
+      printf "%s\t%.0f\t%d\t%d\t%d\t%.2f\t%.2f\t%d\t%d\t%d\n", b, r, p, n, e,
+        cpu * 1e6 / tick / q, redis * 1e6 / tick / q, v["calls"], v["expiries"], v["max_calls_per_expiry"]
+    }'
+}
+
 case $MODE in
   ab) ab ;;
   profile) profile ;;
   storm) storm ;;
   scale) export SCALE_MERCHANTS; scale ;;
-  *) echo "usage: $0 [ab|storm|scale|profile]" >&2; exit 2 ;;
+  replicas)
+    REPLICAS=${REPLICAS:-3} REPLICA_MERCHANTS=${REPLICA_MERCHANTS:-20}
+    REPLICA_LIFETIME=${REPLICA_LIFETIME:-4} REPLICA_CONNS=${REPLICA_CONNS:-48}
+    replicas ;;
+  *) echo "usage: $0 [ab|storm|scale|profile|replicas]" >&2; exit 2 ;;
 esac

@@ -7,6 +7,8 @@
 -- MERCHANTS=1000 MODE=proxy TOKEN_SUFFIX=... wrk -t1 -c64 -d10s -s benches/rotate.lua http://127.0.0.1:8080
 
 local n = tonumber(os.getenv("MERCHANTS") or "1000")
+-- PREFIX=s: the short-lived storm merchants s000001, ... (load.sh replicas).
+local prefix = os.getenv("PREFIX") or "m"
 local direct = os.getenv("MODE") == "direct"
 local suffix = os.getenv("TOKEN_SUFFIX") or "gatewaybench0123456789"
 local key = os.getenv("DUMMY_KEY") or "live_gatewaygatewaygatewaygatewayga"
@@ -16,7 +18,7 @@ local i = tonumber(os.getenv("START") or "0") % n
 
 function init(args)
    for k = 1, n do
-      local m = string.format("m%06d", k)
+      local m = string.format("%s%06d", prefix, k)
       local headers = { ["User-Agent"] = "Mollie/4.0.0 Python/3.12.1", ["Accept"] = "application/json" }
       if direct then
          headers["Authorization"] = "Bearer access_" .. m .. "_" .. suffix

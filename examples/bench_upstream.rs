@@ -43,6 +43,8 @@ struct Stats {
     token_calls: AtomicU64,
     /// Server-side duration of the last token call (the configured delay plus parsing).
     token_last_us: AtomicU64,
+    /// When each merchant's token calls came (µs since start), for `GET /_expiries`.
+    token_log: std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>,
 }
 
 struct Config {
@@ -50,6 +52,7 @@ struct Config {
     token_delay: Duration,
     short_lifetime: u64,
     stats: Stats,
+    started: Instant,
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -72,6 +75,7 @@ fn main() {
                 token_delay: Duration::from_millis(num(&args, "--token-delay-ms", 0)),
                 short_lifetime: num(&args, "--short-lifetime-secs", 2),
                 stats: Stats::default(),
+                started: Instant::now(),
             });
             let api = arg(&args, "--api").expect(USAGE);
             let tokens = arg(&args, "--tokens").expect(USAGE);
@@ -240,6 +244,33 @@ fn parse(data: &[u8]) -> Option<(Request<'_>, usize)> {
     Some((req, head_end + length))
 }
 
+/// `GET /_expiries?gap_ms=G` (and the log is cleared): each merchant's token calls grouped into
+/// expiries, a call less than `G` after the first call of the current group counting for that
+/// same expiry (with background refresh off a token is replaced half its lifetime after it was
+/// issued, so `G` = a quarter of the lifetime separates expiries from duplicate calls for one).
+fn expiries(log: std::collections::HashMap<String, Vec<u64>>, gap_us: u64) -> String {
+    let (mut calls, mut expiries, mut max) = (0usize, 0usize, 0usize);
+    for mut times in log.values().cloned() {
+        times.sort_unstable();
+        let mut group: Option<(u64, usize)> = None;
+        for t in times {
+            calls += 1;
+            group = match group {
+                Some((first, n)) if t - first < gap_us => Some((first, n + 1)),
+                _ => {
+                    expiries += 1;
+                    Some((t, 1))
+                }
+            };
+            max = max.max(group.map_or(0, |g| g.1));
+        }
+    }
+    format!(
+        r#"{{"merchants":{},"calls":{calls},"expiries":{expiries},"max_calls_per_expiry":{max}}}"#,
+        log.len()
+    )
+}
+
 /// The value of query parameter `name` in a request target.
 fn query_param<'a>(target: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let q = &target[target.iter().position(|&b| b == b'?')? + 1..];
@@ -285,7 +316,7 @@ fn api_answer(config: &Config, req: &Request<'_>, out: &mut Vec<u8>) {
 }
 
 /// `POST /oauth2/tokens` (refresh grant; `refresh_<m>` → `access_<m>_<suffix>`, one hour, or
-/// `--short-lifetime-secs` for storm merchants `s…`), and `GET /_stats`.
+/// `--short-lifetime-secs` for storm merchants `s…`), `GET /_stats` and `GET /_expiries`.
 async fn token_answer(config: &Config, req: &Request<'_>, out: &mut Vec<u8>) {
     let s = &config.stats;
     if req.method == b"GET" && req.target == b"/_stats" {
@@ -298,6 +329,13 @@ async fn token_answer(config: &Config, req: &Request<'_>, out: &mut Vec<u8>) {
         );
         return respond(out, "200 OK", body.as_bytes());
     }
+    if req.method == b"GET" && req.target.starts_with(b"/_expiries") {
+        let gap_ms = query_param(req.target, b"gap_ms")
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(1000u64);
+        let log = std::mem::take(&mut *s.token_log.lock().unwrap_or_else(|e| e.into_inner()));
+        return respond(out, "200 OK", expiries(log, gap_ms * 1000).as_bytes());
+    }
     let started = Instant::now();
     s.token_calls.fetch_add(1, Ordering::Relaxed);
     if !config.token_delay.is_zero() {
@@ -309,6 +347,10 @@ async fn token_answer(config: &Config, req: &Request<'_>, out: &mut Vec<u8>) {
         .unwrap_or_default();
     let body = match refresh.strip_prefix("refresh_") {
         Some(m) if !m.is_empty() => {
+            let at = config.started.elapsed().as_micros() as u64;
+            let mut log = s.token_log.lock().unwrap_or_else(|e| e.into_inner());
+            log.entry(m.to_string()).or_default().push(at);
+            drop(log);
             let lifetime = if m.starts_with('s') {
                 config.short_lifetime
             } else {

@@ -330,3 +330,135 @@ fn compose_has_gateway_prometheus_and_grafana() {
         }
     }
 }
+
+/// The lines under one top-level line of `text` (e.g. `x-replica: &replica`), trimmed.
+fn top_block<'a>(text: &'a str, header: &str) -> Vec<&'a str> {
+    let mut inside = false;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() && !line.starts_with('#') {
+            inside = line == header;
+        } else if inside && !line.trim().is_empty() {
+            lines.push(line.trim());
+        }
+    }
+    lines
+}
+
+/// `${NAME:-default}` as compose resolves it, from `operator` (what an operator exported).
+fn resolve(value: &str, operator: &[(&str, &str)]) -> String {
+    let value = value.trim_matches('"');
+    let Some(inner) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
+        return value.to_string();
+    };
+    let (name, default) = inner.split_once(":-").unwrap_or((inner, ""));
+    let exported = operator.iter().find(|(k, _)| *k == name);
+    exported.map_or(default, |(_, v)| v).to_string()
+}
+
+#[test]
+fn compose_runs_two_replicas_on_one_redis_in_a_profile() {
+    let compose = read("compose.yml");
+    let common = top_block(&compose, "x-replica: &replica");
+    for needle in [
+        "profiles: [\"replicas\"]",
+        "dockerfile: docker/Dockerfile",
+        "MOLLIE_GATEWAY__STORE__BACKEND: redis",
+        "MOLLIE_GATEWAY__STORE__FALLBACK_PATH: /var/lib/mollie-gateway/fallback.json",
+        "- redis",
+    ] {
+        assert!(
+            common.contains(&needle),
+            "x-replica lacks {needle:?}: {common:?}"
+        );
+    }
+    let redis = block(&compose, "services", "redis");
+    assert!(redis.contains(&"profiles: [\"replicas\"]"), "{redis:?}");
+    assert!(redis
+        .iter()
+        .any(|l| l.contains("\"--appendfsync\", \"always\"")));
+    assert!(redis.contains(&"- redis-data:/data"));
+    // The single gateway keeps its ports and its file store, outside the profile.
+    let gateway = block(&compose, "services", "gateway");
+    assert!(!gateway.iter().any(|l| l.starts_with("profiles:")));
+    assert!(!gateway.iter().any(|l| l.contains("STORE__BACKEND")));
+    // Each replica: the shared part, its own volume (fallback file) and host ports.
+    let mut host_ports: Vec<&str> = gateway
+        .iter()
+        .filter_map(|l| l.strip_prefix("- \"127.0.0.1:"))
+        .collect();
+    for name in ["replica-1", "replica-2"] {
+        let r = block(&compose, "services", name);
+        assert!(r.contains(&"<<: *replica"), "{name}: {r:?}");
+        let volume = format!("{name}-data");
+        assert!(r.contains(&format!("- {volume}:/var/lib/mollie-gateway").as_str()));
+        assert!(
+            compose.contains(&format!("\n  {volume}:")),
+            "{volume} not declared"
+        );
+        let ports: Vec<&str> = r
+            .iter()
+            .filter_map(|l| l.strip_prefix("- \"127.0.0.1:"))
+            .collect();
+        assert_eq!(ports.len(), 2, "{name}: proxy and admin: {r:?}");
+        host_ports.extend(ports);
+    }
+    host_ports
+        .iter_mut()
+        .for_each(|p| *p = p.split(':').next().unwrap());
+    let distinct: BTreeSet<&&str> = host_ports.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        host_ports.len(),
+        "a host port twice: {host_ports:?}"
+    );
+    assert!(compose.contains("\n  redis-data:"));
+    // Prometheus scrapes each replica's admin listener.
+    let prometheus = read("prometheus.yml");
+    for target in ["\"replica-1:9090\"", "\"replica-2:9090\""] {
+        assert!(prometheus.contains(target), "prometheus.yml lacks {target}");
+    }
+
+    // The replicas' environment on the image's configuration passes `check-config`, for an
+    // operator who exported the secrets (and no client keys: the trial setting).
+    let operator = [
+        ("MOLLIE_GATEWAY__OAUTH__CLIENT_ID", "app_compose"),
+        (
+            "MOLLIE_GATEWAY__OAUTH__CLIENT_SECRET",
+            "compose-client-secret",
+        ),
+        (
+            "MOLLIE_GATEWAY__OAUTH__STATE_SECRET",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+        (
+            "MOLLIE_GATEWAY__ADMIN__TOKEN",
+            "compose-admin-token-0123456789",
+        ),
+        ("MOLLIE_GATEWAY__SERVER__REQUIRE_CLIENT_KEYS", "false"),
+    ];
+    let env: Vec<(&str, String)> = common
+        .iter()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| k.starts_with("MOLLIE_GATEWAY__"))
+        .map(|(k, v)| (k, resolve(v, &operator)))
+        .collect();
+    assert!(env.len() >= 10, "{env:?}");
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/production.toml");
+    let out = Command::new(support::BIN)
+        .arg("--config")
+        .arg(&conf)
+        .arg("check-config")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run mollie-gateway check-config");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "check-config: {stderr}");
+    assert!(printed.contains("backend = \"redis\""), "{printed}");
+    assert!(
+        printed.contains("redis_url = \"redis://redis:6379/0\""),
+        "{printed}"
+    );
+}

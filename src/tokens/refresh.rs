@@ -42,10 +42,13 @@ impl TokenManager {
         let this = self.clone();
         let merchant = merchant.clone();
         let refresh_token = slot.refresh_token.clone();
+        // What this refresh replaces: as of now, not as of when its task runs (another
+        // replica's token may be installed meanwhile, and is then the one to use).
+        let seen_ms = slot.seen_expiry_ms;
         let span = tracing::info_span!("refresh", merchant = %merchant);
         tokio::spawn(
             async move {
-                let result = this.refresh(&merchant, refresh_token, id).await;
+                let result = this.refresh(&merchant, refresh_token, id, seen_ms).await;
                 let _ = tx.send(Some(result));
             }
             .instrument(span),
@@ -54,8 +57,13 @@ impl TokenManager {
     }
 
     /// One refresh, the steps in order.
-    async fn refresh(&self, merchant: &MerchantId, cached: RefreshToken, id: u64) -> RefreshResult {
-        let seen_ms = self.seen_expiry_ms(merchant);
+    async fn refresh(
+        &self,
+        merchant: &MerchantId,
+        cached: RefreshToken,
+        id: u64,
+        seen_ms: u64,
+    ) -> RefreshResult {
         // Held (several replicas: the store's lock) until this refresh ends.
         let _lock = match self.take_turn(merchant, seen_ms).await {
             Ok(Turn::Refresh(lock)) => lock,
@@ -167,7 +175,8 @@ impl TokenManager {
     }
 
     /// Durable first: a rotated refresh token that is not stored is a lost merchant. When the
-    /// store fails, the token is kept in memory (the next refresh uses it) and this one fails.
+    /// store fails (and the token did not reach its fallback file either), the token is kept in
+    /// memory (the next refresh uses it) and this one fails.
     async fn keep_rotated(
         &self,
         merchant: &MerchantId,
@@ -179,6 +188,12 @@ impl TokenManager {
             Err(StoreError::Conflict { .. }) => self.count_store_outcome("save", "fallback"),
             other => self.count_store("save", other.is_ok()),
         }
+        // Kept in the fallback file (on disk, pushed to the store later; logged there): as
+        // durable as a store write, so the new access token serves.
+        let saved = match saved {
+            Err(StoreError::Conflict { .. }) => Ok(true),
+            other => other,
+        };
         if let Ok(false) = saved {
             tracing::info!("merchant was removed during its refresh; dropping it");
             self.inner.slots.remove(merchant);

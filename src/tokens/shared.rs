@@ -100,7 +100,33 @@ impl TokenManager {
         let token = self
             .make_token(shared.access_token, lifetime, issued)
             .ok()?;
-        (now < token.times.refresh_at).then_some(token)
+        if now >= token.times.refresh_at {
+            return None;
+        }
+        self.learn_refresh_token(merchant).await;
+        Some(token)
+    }
+
+    /// Another replica refreshed, and may have rotated the refresh token: this replica takes
+    /// the stored one, so that a refresh it makes while the store is unreachable presents the
+    /// live one (with rotation, the one it knew is dead). Skipped if this replica's own copy
+    /// changed meanwhile (its own refresh rotated it).
+    async fn learn_refresh_token(&self, merchant: &MerchantId) {
+        let known = match self.inner.slots.get(merchant) {
+            Some(slot) if !slot.revoked => slot.refresh_token.clone(),
+            _ => return,
+        };
+        let Ok(Some(stored)) = self.inner.store.get(merchant).await else {
+            return;
+        };
+        if stored.revoked || stored.removing || stored.refresh_token == known {
+            return;
+        }
+        if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
+            if slot.refresh_token == known && !slot.revoked {
+                slot.refresh_token = stored.refresh_token;
+            }
+        }
     }
 
     /// Offers a new token to the other replicas (a failure only costs them a token call).

@@ -138,6 +138,8 @@ struct Inner {
     token_calls: AtomicUsize,
     api_calls_total: AtomicUsize,
     api_401s: AtomicUsize,
+    /// Refresh tokens presented that were no longer (or never) valid.
+    dead_refresh_tokens: AtomicUsize,
     resources: fake_resources::Resources,
 }
 
@@ -589,6 +591,7 @@ async fn token_handler(
                 at: Instant::now(),
             });
             let (Some(merchant), true) = (owner, accepted) else {
+                inner.dead_refresh_tokens.fetch_add(1, Ordering::SeqCst);
                 return invalid_grant("The refresh token is invalid");
             };
             let rt = if st.rotate {
@@ -838,6 +841,7 @@ impl FakeMollie {
             token_calls: AtomicUsize::new(0),
             api_calls_total: AtomicUsize::new(0),
             api_401s: AtomicUsize::new(0),
+            dead_refresh_tokens: AtomicUsize::new(0),
             resources: Default::default(),
         });
         let app = Router::new()
@@ -1028,6 +1032,11 @@ impl FakeMollie {
     /// `/v2` requests rejected with 401.
     pub fn api_401s(&self) -> usize {
         self.inner.api_401s.load(Ordering::SeqCst)
+    }
+
+    /// Refresh grants answered `invalid_grant` (a dead or unknown refresh token presented).
+    pub fn dead_refresh_tokens(&self) -> usize {
+        self.inner.dead_refresh_tokens.load(Ordering::SeqCst)
     }
 
     /// All `/v2` requests, authorized or not.

@@ -136,6 +136,8 @@ impl GatewayBuilder {
         let listen = self.listen_addr("{listen}", &mut handed);
         let admin = self.listen_addr("{admin}", &mut handed);
         let store = dir.path().join("data/credentials.json");
+        // Each gateway its own (`store.fallback_path` is relative to the working directory).
+        let fallback = dir.path().join("data/fallback.json");
         let (id, secret) = if self.configured {
             (fake_mollie::CLIENT_ID, fake_mollie::CLIENT_SECRET)
         } else {
@@ -154,11 +156,12 @@ impl GatewayBuilder {
                  bound_addrs_file = {:?}\n\
                  [upstream]\nbase_url = \"{}\"\ntoken_url = \"{}\"\n\
                  [oauth]\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
-                 [store]\npath = {:?}\n{}",
+                 [store]\npath = {:?}\nfallback_path = {:?}\n{}",
                 bound_file.display().to_string(),
                 self.base_url,
                 self.token_url,
                 store.display().to_string(),
+                fallback.display().to_string(),
                 self.extra_toml
                     .replace("{listen}", &listen)
                     .replace("{admin}", &admin),

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 pub struct Redis {
     child: Option<Child>,
+    /// Every write on disk before it is answered (`appendfsync always`): a `kill -9` loses
+    /// nothing, as in a production Redis with AOF.
+    persistent: bool,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     /// More `redis-server` arguments (`--requirepass`, `--user`, `--tls-port`, …).
@@ -18,15 +21,25 @@ pub struct Redis {
 impl Redis {
     /// Starts one and waits (bounded, 10 s) until it answers `PING`.
     pub fn start() -> Redis {
-        Redis::start_with(&[])
+        Redis::start_with_options(false, &[])
     }
 
     /// Starts one with more `redis-server` arguments (`--requirepass`, `--user`, TLS).
     pub fn start_with(extra: &[&str]) -> Redis {
+        Redis::start_with_options(false, extra)
+    }
+
+    /// One that keeps its data across [`Redis::kill`] and [`Redis::restart`].
+    pub fn start_persistent() -> Redis {
+        Redis::start_with_options(true, &[])
+    }
+
+    fn start_with_options(persistent: bool, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("redis.sock");
         let mut redis = Redis {
             child: None,
+            persistent,
             dir,
             socket,
             extra: extra.iter().map(|a| a.to_string()).collect(),
@@ -36,8 +49,14 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
+        let aof: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .args(["--port", "0", "--save", ""])
+            .args(aof)
             .arg("--unixsocket")
             .arg(&self.socket)
             .args(["--unixsocketperm", "700"])
@@ -59,7 +78,7 @@ impl Redis {
         }
     }
 
-    /// kill -9 (its data is gone: tests run it without persistence).
+    /// kill -9 (its data is gone, unless started with [`Redis::start_persistent`]).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -67,7 +86,7 @@ impl Redis {
         }
     }
 
-    /// Starts it again on the same socket, empty.
+    /// Starts it again on the same socket (empty, unless persistent).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
