@@ -193,7 +193,7 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn CredentialStore>, Start
                     &s.fallback_path,
                     sealing(settings)?,
                 )
-                    .map_err(|e| StartError(format!("store: {e}")))?,
+                .map_err(|e| StartError(format!("store: {e}")))?,
             )
         }
     })
