@@ -184,11 +184,10 @@ async fn known_callers_act_for_their_merchants_and_no_key_goes_upstream() {
             .unwrap()
             .starts_with("Bearer access_"));
     }
-    let metrics = gw.metrics().await;
     for (client, n) in [("billing", 2.0), ("reports", 2.0)] {
         let sample =
             format!("mollie_gateway_requests_total{{client=\"{client}\",status_class=\"2xx\"}}");
-        assert_eq!(support::metric_value(&metrics, &sample), n, "{client}");
+        assert_eq!(gw.metric_reaching(&sample, n).await, n, "{client}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = gw.log_text();

@@ -158,7 +158,13 @@ async fn rediss_trusts_the_configured_ca_and_refuses_an_unknown_one() {
     store.put(&id("m1"), &m).await.unwrap();
     assert_eq!(store.get(&id("m1")).await.unwrap(), Some(m));
     // The system's trust store does not know the test CA: refused, in time.
-    let system = RedisStore::open_client(client(&url, None).unwrap(), "t:", &fallback, Default::default()).unwrap();
+    let system = RedisStore::open_client(
+        client(&url, None).unwrap(),
+        "t:",
+        &fallback,
+        Default::default(),
+    )
+    .unwrap();
     let started = Instant::now();
     let err = system.get(&id("m1")).await.unwrap_err().to_string();
     assert!(started.elapsed() < Duration::from_secs(5), "{err}");

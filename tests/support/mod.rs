@@ -430,6 +430,20 @@ impl Gateway {
     pub async fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.metrics().await, sample)
     }
+
+    /// The value of `sample` once it reaches `want` (at most 2 s), else its last value: a
+    /// request is counted after its response was written, so just after the caller read it
+    /// the count may still be one short.
+    pub async fn metric_reaching(&self, sample: &str, want: f64) -> f64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let value = self.metric(sample).await;
+            if value == want || std::time::Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Registers m1 at the fake and starts a gateway that knows it (with `env` overrides).
