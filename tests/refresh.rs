@@ -24,19 +24,6 @@ fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_string())
 }
 
-/// Polls (bounded, 3 s) until the sample equals `want`; returns the last value seen.
-/// Metrics are updated in the `logging` hook, after the response went out.
-async fn metric_eventually(gw: &Gateway, sample: &str, want: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let v = gw.metric(sample).await;
-        if v == want || Instant::now() >= deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Sends `n` concurrent GETs for m1; returns their statuses.
 async fn concurrent_gets(gw: &Gateway, n: usize) -> Vec<u16> {
     let c = client();
@@ -145,17 +132,13 @@ async fn upstream_401_refreshes_and_replays_a_post_with_its_body() {
     }
     assert_eq!(fake.token_calls_for("m1"), 2);
     assert_eq!(
-        metric_eventually(
-            &gw,
-            r#"mollie_gateway_replays_total{outcome="replayed"}"#,
-            1.0
-        )
-        .await,
+        gw.metric_reaching(r#"mollie_gateway_replays_total{outcome="replayed"}"#, 1.0)
+            .await,
         1.0
     );
     assert_eq!(gw.metric("mollie_gateway_upstream_401_total").await, 1.0);
     // The replay is expected: counted and in the access line, not a pingora warning.
-    let log = gw.log_text();
+    let log = gw.log_eventually("replayed=true").await;
     assert!(!log.contains("Fail to proxy"), "{log}");
     assert!(log.contains("replayed=true"), "{log}");
 }
@@ -243,9 +226,7 @@ async fn invalid_grant_marks_the_merchant_revoked_durably() {
         "one refresh in total"
     );
     assert_eq!(
-        metric_eventually(
-            &gw,
-            r#"mollie_gateway_token_refreshes_total{grant="refresh_token",outcome="invalid_grant"}"#,
+        gw.metric_reaching(r#"mollie_gateway_token_refreshes_total{grant="refresh_token",outcome="invalid_grant"}"#,
             1.0
         )
         .await,
@@ -335,8 +316,7 @@ async fn a_second_401_passes_through_unchanged_and_is_counted() {
         "one attempt, one replay"
     );
     assert_eq!(
-        metric_eventually(
-            &gw,
+        gw.metric_reaching(
             r#"mollie_gateway_replays_total{outcome="rejected_again"}"#,
             1.0
         )
@@ -377,8 +357,7 @@ async fn a_body_too_large_to_replay_gets_the_401_and_the_token_is_replaced() {
     assert_eq!(posts.len(), 1, "not replayed");
     assert_eq!(posts[0].body.len(), big.len());
     assert_eq!(
-        metric_eventually(
-            &gw,
+        gw.metric_reaching(
             r#"mollie_gateway_replays_total{outcome="body_too_large"}"#,
             1.0
         )
@@ -481,7 +460,7 @@ async fn token_endpoint_failures_map_to_gateway_errors_and_forward_nothing() {
         let sample = format!(
             r#"mollie_gateway_token_refreshes_total{{grant="refresh_token",outcome="{outcome}"}}"#
         );
-        assert_eq!(metric_eventually(&gw, &sample, 1.0).await, 1.0, "{mode:?}");
+        assert_eq!(gw.metric_reaching(&sample, 1.0).await, 1.0, "{mode:?}");
     }
 }
 

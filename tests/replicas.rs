@@ -91,11 +91,24 @@ async fn all_ok(gws: &[Gateway], merchants: &[&str], per_merchant: usize, what: 
             failed.push(status);
         }
     }
-    assert!(
-        failed.is_empty(),
-        "{what}: {} of {n} failed: {failed:?}",
-        failed.len()
-    );
+    if !failed.is_empty() {
+        let problems: Vec<String> = gws
+            .iter()
+            .enumerate()
+            .flat_map(|(i, gw)| {
+                gw.log_text()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .map(|l| format!("replica {i}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!(
+            "{what}: {} of {n} failed: {failed:?}\n{}",
+            failed.len(),
+            problems.join("\n")
+        );
+    }
 }
 
 #[tokio::test]

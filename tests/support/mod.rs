@@ -416,6 +416,19 @@ impl Gateway {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The log once it holds `needle` (at most 3 s), else as it is: access lines are written
+    /// out every 100 ms (README "Logs").
+    pub async fn log_eventually(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The current `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.admin_url()))
@@ -431,11 +444,11 @@ impl Gateway {
         metric_value(&self.metrics().await, sample)
     }
 
-    /// The value of `sample` once it reaches `want` (at most 2 s), else its last value: a
+    /// The value of `sample` once it reaches `want` (at most 3 s), else its last value: a
     /// request is counted after its response was written, so just after the caller read it
     /// the count may still be one short.
     pub async fn metric_reaching(&self, sample: &str, want: f64) -> f64 {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
             let value = self.metric(sample).await;
             if value == want || std::time::Instant::now() > deadline {
