@@ -95,22 +95,7 @@ async fn onboard_via_api(gw: &Gateway, fake: &FakeMollie, id: &str) {
     )
     .await;
     assert_eq!(put.status, 200, "{}", put.body);
-    assert_eq!(proxied(gw, id).await.0, 200);
-}
-
-async fn proxied(gw: &Gateway, merchant: &str) -> (u16, String) {
-    let resp = client()
-        .get(format!("{}/v2/echo/check", gw.base_url()))
-        .header("X-Merchant-Id", merchant)
-        .send()
-        .await
-        .unwrap();
-    let code = resp
-        .headers()
-        .get("x-gateway-error")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (resp.status().as_u16(), code)
+    assert_eq!(gw.proxied(id).await.0, 200);
 }
 
 #[tokio::test]
@@ -190,7 +175,7 @@ async fn listing_shows_state_and_never_a_token() {
     .await;
     assert_eq!(put.status, 200, "{}", put.body);
     assert!(!put.body.contains(&refresh));
-    assert_eq!(proxied(&gw, "m1").await.0, 200);
+    assert_eq!(gw.proxied("m1").await.0, 200);
     let access = fake.current_access_token("m1").unwrap();
 
     let list = admin(&gw, "GET", "/admin/merchants", None).await;
@@ -251,7 +236,7 @@ async fn put_with_a_refresh_token_onboards_a_merchant() {
     let fake = FakeMollie::start().await;
     let refresh = fake.add_merchant("m2");
     let gw = gateway(&fake);
-    assert_eq!(proxied(&gw, "m2").await, (401, "unknown_merchant".into()));
+    assert_eq!(gw.proxied("m2").await, (401, "unknown_merchant".into()));
     let put = admin(
         &gw,
         "PUT",
@@ -262,7 +247,7 @@ async fn put_with_a_refresh_token_onboards_a_merchant() {
     assert_eq!(put.status, 200, "{}", put.body);
     assert_eq!(put.json()["id"], "m2");
     assert_eq!(put.json()["state"], "active");
-    assert_eq!(proxied(&gw, "m2").await, (200, String::new()));
+    assert_eq!(gw.proxied("m2").await, (200, String::new()));
     assert_eq!(fake.api_calls_for("m2"), 1);
     let store = support::read_store(&gw.store).to_string();
     assert!(store.contains("m2") && store.contains(&refresh));
@@ -291,7 +276,7 @@ async fn put_with_a_code_exchanges_it_at_once() {
     assert_eq!(reqs[0].grant_type, "authorization_code");
     assert_eq!(reqs[0].params["code"], code);
     assert_eq!(reqs[0].params["redirect_uri"], redirect);
-    assert_eq!(proxied(&gw, "m3").await.0, 200);
+    assert_eq!(gw.proxied("m3").await.0, 200);
     assert_eq!(
         fake.token_requests().len(),
         1,
@@ -310,7 +295,7 @@ async fn put_with_a_code_exchanges_it_at_once() {
     .await;
     assert_eq!(put.status, 200, "{}", put.body);
     assert_eq!(fake.token_requests()[1].params["redirect_uri"], other);
-    assert_eq!(proxied(&gw, "m4").await.0, 200);
+    assert_eq!(gw.proxied("m4").await.0, 200);
 
     // A used code is refused by Mollie: a token error, nothing stored.
     let again = admin(
@@ -338,7 +323,7 @@ async fn delete_forgets_the_merchant() {
         del.json(),
         serde_json::json!({"id": "m1", "removed": true, "revoked_at_mollie": true})
     );
-    assert_eq!(proxied(&gw, "m1").await, (401, "unknown_merchant".into()));
+    assert_eq!(gw.proxied("m1").await, (401, "unknown_merchant".into()));
     assert!(!support::read_store(&gw.store).to_string().contains("m1"));
     admin(&gw, "DELETE", "/admin/merchants/m1", None)
         .await
@@ -366,7 +351,7 @@ async fn post_refresh_makes_exactly_one_token_call() {
     let new_access = fake.current_access_token("m1").unwrap();
     assert_ne!(old_access, new_access);
     assert!(!post.body.contains(&new_access));
-    assert_eq!(proxied(&gw, "m1").await.0, 200);
+    assert_eq!(gw.proxied("m1").await.0, 200);
     assert_eq!(fake.token_calls_for("m1"), before + 1);
 
     // A merchant only the store knows is loaded and refreshed, once.

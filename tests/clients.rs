@@ -5,23 +5,12 @@
 mod support;
 
 use std::time::Duration;
-use support::fake_mollie::{secrets_dir, FakeMollie};
+use support::fake_mollie::FakeMollie;
 use support::{client, Gateway, GatewayBuilder};
 
 /// A key of Mollie's shape, recorded for the log-secrets test.
 fn key(prefix: &str) -> String {
-    let key = format!(
-        "{prefix}_{}",
-        std::iter::repeat_with(fastrand::alphanumeric)
-            .take(40)
-            .collect::<String>()
-    );
-    let file = secrets_dir().join(format!("clients-{}.txt", std::process::id()));
-    let mut all = std::fs::read_to_string(&file).unwrap_or_default();
-    all.push_str(&key);
-    all.push('\n');
-    std::fs::write(file, all).unwrap();
-    key
+    support::recorded_key(prefix, "clients")
 }
 
 fn sha256(key: &str) -> String {

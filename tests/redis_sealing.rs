@@ -96,21 +96,6 @@ fn issued_secrets(fake: &FakeMollie) -> Vec<String> {
         .collect()
 }
 
-async fn status(gw: &Gateway, merchant: &str) -> (u16, String) {
-    let resp = client()
-        .get(format!("{}/v2/echo/payments", gw.base_url()))
-        .header("X-Merchant-Id", merchant)
-        .send()
-        .await
-        .unwrap();
-    let code = resp
-        .headers()
-        .get("x-gateway-error")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (resp.status().as_u16(), code)
-}
-
 fn add_api_key(gw: &Gateway, id: &str, key: &str) {
     let mut child = gw
         .command()
@@ -150,7 +135,7 @@ async fn no_redis_value_holds_an_issued_token() {
     gw.spawn();
     for round in 0..3 {
         for m in ["m1", "m2", "s1"] {
-            assert_eq!(status(&gw, m).await.0, 200, "{m} round {round}");
+            assert_eq!(gw.proxied(m).await.0, 200, "{m} round {round}");
         }
         for m in ["m1", "m2"] {
             fake.expire_tokens(m); // the next request: 401, refresh (rotating), replay
@@ -196,9 +181,9 @@ async fn a_record_copied_to_another_merchant_does_not_decrypt() {
     ]);
     redis.call(&["SADD", &format!("{PREFIX}merchants"), "m9"]);
     gw.spawn();
-    assert_eq!(status(&gw, "m1").await.0, 200);
+    assert_eq!(gw.proxied("m1").await.0, 200);
     assert_eq!(
-        status(&gw, "m9").await,
+        gw.proxied("m9").await,
         (503, "store_unavailable".to_string())
     );
     let log = gw.log_text();
@@ -241,7 +226,7 @@ async fn rekey_reseals_every_record_while_refreshes_rotate() {
     let mut gw = replica(&fake, &redis, &keys, "b");
     gw.spawn();
     assert_eq!(
-        status(&gw, "p1").await.0,
+        gw.proxied("p1").await.0,
         200,
         "the plaintext record is read"
     );
@@ -305,7 +290,7 @@ async fn rekey_reseals_every_record_while_refreshes_rotate() {
     last.spawn();
     for m in ["m1", "m2", "m3", "m4", "p1"] {
         fake.expire_tokens(m);
-        assert_eq!(status(&last, m).await.0, 200, "{m} after rekey");
+        assert_eq!(last.proxied(m).await.0, 200, "{m} after rekey");
     }
 }
 

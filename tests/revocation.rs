@@ -33,22 +33,6 @@ async fn admin(gw: &Gateway, method: &str, path: &str) -> (u16, serde_json::Valu
     (status, serde_json::from_str(&body).unwrap_or_default())
 }
 
-/// A proxied request for `merchant`: (status, X-Gateway-Error).
-async fn proxied(gw: &Gateway, merchant: &str) -> (u16, String) {
-    let resp = client()
-        .get(format!("{}/v2/echo/check", gw.base_url()))
-        .header("X-Merchant-Id", merchant)
-        .send()
-        .await
-        .unwrap();
-    let code = resp
-        .headers()
-        .get("x-gateway-error")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (resp.status().as_u16(), code)
-}
-
 fn stored(gw: &Gateway, id: &str) -> bool {
     support::read_store(&gw.store)["merchants"]
         .get(id)
@@ -75,7 +59,7 @@ async fn admin_delete_revokes_refresh_and_access_token() {
     let fake = FakeMollie::start().await;
     let gw = gateway(&fake);
     let refresh = fake.current_refresh_token("m1").unwrap();
-    assert_eq!(proxied(&gw, "m1").await.0, 200);
+    assert_eq!(gw.proxied("m1").await.0, 200);
     let access = fake.current_access_token("m1").unwrap();
 
     let (status, body) = admin(&gw, "DELETE", "/admin/merchants/m1").await;
@@ -85,7 +69,7 @@ async fn admin_delete_revokes_refresh_and_access_token() {
     assert_eq!(revoked(&fake, "refresh_token", &refresh), 1);
     assert_eq!(revoked(&fake, "access_token", &access), 1);
     assert_eq!(fake.current_refresh_token("m1"), None, "dead at the fake");
-    assert_eq!(proxied(&gw, "m1").await, (401, "unknown_merchant".into()));
+    assert_eq!(gw.proxied("m1").await, (401, "unknown_merchant".into()));
     assert!(!stored(&gw, "m1"));
     let revoked_total = "mollie_gateway_revocations_total{outcome=\"revoked\"}";
     assert_eq!(gw.metric(revoked_total).await, 1.0);
@@ -99,14 +83,14 @@ async fn failed_revocation_stops_serving_and_is_retried() {
     let fake = FakeMollie::start().await;
     let gw = gateway(&fake);
     let refresh = fake.current_refresh_token("m1").unwrap();
-    assert_eq!(proxied(&gw, "m1").await.0, 200);
+    assert_eq!(gw.proxied("m1").await.0, 200);
     fake.set_fail_revocations(true);
 
     let (status, body) = admin(&gw, "DELETE", "/admin/merchants/m1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["revoked_at_mollie"], false, "{body}");
     assert_eq!(body["removed"], true, "{body}");
-    assert_eq!(proxied(&gw, "m1").await, (401, "unknown_merchant".into()));
+    assert_eq!(gw.proxied("m1").await, (401, "unknown_merchant".into()));
     let (_, one) = admin(&gw, "GET", "/admin/merchants/m1").await;
     assert_eq!(one["state"], "removing", "{one}");
     assert!(stored(&gw, "m1"), "the record stays until Mollie confirms");
@@ -123,7 +107,7 @@ async fn failed_revocation_stops_serving_and_is_retried() {
     assert!(revoked(&fake, "refresh_token", &refresh) >= 2);
     let ok = "mollie_gateway_revocations_total{outcome=\"revoked\"}";
     assert_eq!(gw.metric(ok).await, 1.0);
-    assert_eq!(proxied(&gw, "m1").await, (401, "unknown_merchant".into()));
+    assert_eq!(gw.proxied("m1").await, (401, "unknown_merchant".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +158,7 @@ async fn cli_remove_revokes_or_exits_3_and_the_gateway_retries() {
     // A gateway started later is not serving m3 and retries its revocation.
     fake.set_fail_revocations(false);
     gw.spawn();
-    assert_eq!(proxied(&gw, "m3").await, (401, "unknown_merchant".into()));
+    assert_eq!(gw.proxied("m3").await, (401, "unknown_merchant".into()));
     let deadline = Instant::now() + Duration::from_secs(15);
     while stored(&gw, "m3") {
         assert!(Instant::now() < deadline, "not retried: {}", gw.log_text());

@@ -10,7 +10,7 @@ mod support;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
-use support::fake_mollie::{secrets_dir, FakeMollie};
+use support::fake_mollie::FakeMollie;
 use support::{client, Gateway, GatewayBuilder};
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -51,20 +51,9 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A gateway client key of Mollie's shape, recorded for the log-secrets test.
+/// A key of Mollie's shape, recorded for the log-secrets test.
 fn caller_key(prefix: &str) -> String {
-    let key = format!(
-        "{prefix}_{}",
-        std::iter::repeat_with(fastrand::alphanumeric)
-            .take(40)
-            .collect::<String>()
-    );
-    let file = secrets_dir().join(format!("static-clients-{}.txt", std::process::id()));
-    let mut all = std::fs::read_to_string(&file).unwrap_or_default();
-    all.push_str(&key);
-    all.push('\n');
-    std::fs::write(file, all).unwrap();
-    key
+    support::recorded_key(prefix, "static-clients")
 }
 
 /// `method path` for `merchant` with extra headers and an optional JSON body; (status, the

@@ -429,6 +429,22 @@ impl Gateway {
         }
     }
 
+    /// A proxied GET for `merchant` (the fake echoes it): (status, `X-Gateway-Error` or "").
+    pub async fn proxied(&self, merchant: &str) -> (u16, String) {
+        let resp = client()
+            .get(format!("{}/v2/echo/check", self.base_url()))
+            .header("X-Merchant-Id", merchant)
+            .send()
+            .await
+            .unwrap();
+        let code = resp
+            .headers()
+            .get("x-gateway-error")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (resp.status().as_u16(), code)
+    }
+
     /// The current `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.admin_url()))
@@ -516,4 +532,21 @@ pub fn client() -> reqwest::Client {
 /// Reads the credential store file as JSON.
 pub fn read_store(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("read store")).expect("store is JSON")
+}
+
+/// A caller key of Mollie's shape (`prefix` + 40 alphanumerics), recorded in the fake's secrets
+/// directory (file `<stem>-<pid>.txt`) so that `zz_log_secrets` looks for it in every log.
+pub fn recorded_key(prefix: &str, stem: &str) -> String {
+    let key = format!(
+        "{prefix}_{}",
+        std::iter::repeat_with(fastrand::alphanumeric)
+            .take(40)
+            .collect::<String>()
+    );
+    let file = fake_mollie::secrets_dir().join(format!("{stem}-{}.txt", std::process::id()));
+    let mut all = std::fs::read_to_string(&file).unwrap_or_default();
+    all.push_str(&key);
+    all.push('\n');
+    std::fs::write(file, all).unwrap();
+    key
 }
