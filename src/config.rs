@@ -115,6 +115,9 @@ pub struct ServerSettings {
     pub client_key_header: String,
     /// Refuse to start without any `[clients]` (true in `conf/production.toml`).
     pub require_client_keys: bool,
+    /// Serve the request shape SDKs send on the strict HTTP/1 fast path (`src/proxy/fast.rs`);
+    /// `false` serves every request through pingora's session.
+    pub fast_path: bool,
 }
 
 impl Default for ServerSettings {
@@ -137,6 +140,7 @@ impl Default for ServerSettings {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             client_key_header: DEFAULT_CLIENT_KEY_HEADER.into(),
             require_client_keys: false,
+            fast_path: true,
         }
     }
 }

@@ -73,6 +73,10 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// `reason` handles of `connections_refused_total`, in [`REFUSAL_REASONS`] order.
     refused: [IntCounter; 3],
+    /// `http1_requests_total{path="fast"}` and `{path="slow"}`: which HTTP/1 path served a
+    /// request head.
+    pub http1_fast: IntCounter,
+    pub http1_slow: IntCounter,
 }
 
 /// One client's `requests_total` series, indexed by the status' first digit (0 = no response).
@@ -179,7 +183,16 @@ impl Metrics {
              server.max_header_bytes).",
             &["reason"],
         );
+        let http1 = counter_vec(
+            r,
+            "http1_requests_total",
+            "HTTP/1 request heads by the path that served them (fast: the strict fast path; \
+             slow: pingora's session, for every other request shape).",
+            &["path"],
+        );
         let metrics = Metrics {
+            http1_fast: http1.with_label_values(&["fast"]),
+            http1_slow: http1.with_label_values(&["slow"]),
             requests,
             anonymous,
             request_duration_total,
@@ -343,6 +356,7 @@ mod tests {
             "mollie_gateway_store_operations_total{op=\"remove\",outcome=\"error\"} 0",
             "mollie_gateway_connections_refused_total{reason=\"header_timeout\"} 0",
             "mollie_gateway_connections_open 0",
+            "mollie_gateway_http1_requests_total{path=\"fast\"} 0",
             "mollie_gateway_revocations_total{outcome=\"failed\"} 0",
         ] {
             assert!(text.contains(sample), "{sample} missing in\n{text}");

@@ -26,6 +26,7 @@
 mod caller;
 mod defaults;
 mod exchange;
+mod fast;
 pub mod headers;
 mod listener;
 mod pool;
@@ -48,7 +49,7 @@ use crate::upstream::Endpoint;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use defaults::{Plan, PlanError};
-use exchange::{Attempt, History, Next};
+use exchange::{History, Next};
 use headers::{expects_continue, is_ruby_sdk, strip_hop_by_hop, REQUEST_ID};
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -90,6 +91,8 @@ pub struct Gateway {
     links: Option<(String, String)>,
     /// Pooled upstream connections (`upstream.keepalive_pool_size`, `ca_file`).
     upstreams: Upstreams,
+    /// `server.fast_path`, unless HAL links are rewritten (which only the slow path does).
+    fast_path: bool,
     /// Set when pingora starts shutting the service down: idle keep-alive connections close.
     shutting_down: AtomicBool,
     shutdown: Notify,
@@ -132,6 +135,23 @@ struct RequestCtx {
     error_code: Option<&'static str>,
 }
 
+impl RequestCtx {
+    fn new(request_id: HeaderValue) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id,
+            merchant: None,
+            client: None,
+            continued: false,
+            body_failed: false,
+            upstream_started: None,
+            upstream_status: None,
+            replay_outcome: None,
+            error_code: None,
+        }
+    }
+}
+
 /// What every attempt of one request sends, built once.
 struct Outbound {
     peer: HttpPeer,
@@ -169,6 +189,7 @@ impl Gateway {
         });
         let key_header = settings.server.client_key_header.as_str();
         Ok(Gateway {
+            fast_path: settings.server.fast_path && links.is_none(),
             client_key_header: HeaderName::from_bytes(key_header.as_bytes())
                 .map_err(|_| format!("{key_header} is not a header name"))?,
             live,
@@ -193,18 +214,7 @@ impl Gateway {
     /// Serves one request whose head has been read, then logs it; the connection back when
     /// it can carry another request.
     async fn handle(&self, mut s: ServerSession) -> Option<ReusedHttpStream> {
-        let mut ctx = RequestCtx {
-            started: Instant::now(),
-            request_id: headers::request_id(s.req_header()),
-            merchant: None,
-            client: None,
-            continued: false,
-            body_failed: false,
-            upstream_started: None,
-            upstream_status: None,
-            replay_outcome: None,
-            error_code: None,
-        };
+        let mut ctx = RequestCtx::new(headers::request_id(s.req_header()));
         let complete = self.serve(&mut s, &mut ctx).await;
         self.log(&s, &ctx);
         if !complete {
@@ -225,7 +235,7 @@ impl Gateway {
         }
         let caller = caller::identify(
             &self.live.clients.load(),
-            s.req_header(),
+            caller::presented_key(s.req_header(), &self.client_key_header),
             &self.client_key_header,
         );
         let caller = match caller {
@@ -233,7 +243,11 @@ impl Gateway {
             Err(e) => return self.respond(s, ctx, e).await,
         };
         ctx.client = caller.client.clone();
-        let merchant = match caller.merchant(s.req_header(), &self.merchant_header) {
+        let values = s.req_header().headers.get_all(&self.merchant_header);
+        let merchant = match caller.merchant(
+            values.iter().map(HeaderValue::as_bytes),
+            &self.merchant_header,
+        ) {
             Ok(m) => m,
             Err(e) => return self.respond(s, ctx, e).await,
         };
@@ -357,32 +371,20 @@ impl Gateway {
         let idempotent = s.req_header().method.is_idempotent();
         let mut history = History::default();
         loop {
-            let result = self.attempt(s, ctx, out, &token, history).await;
+            let result = self.attempt(s, ctx, out, &token, history).await.map(|up| {
+                let status = up.get_status().unwrap_or(StatusCode::BAD_GATEWAY);
+                (up, status)
+            });
             let request = exchange::Request {
                 static_credential: token.is_static(),
                 idempotent,
                 body_at_hand: out.plan.body.is_some() || !s.retry_buffer_truncated(),
             };
-            let (attempt, answered) = match result {
-                Ok(up) => {
-                    let status = up.get_status().unwrap_or(StatusCode::BAD_GATEWAY);
-                    (Attempt::Answered(status), Ok(up))
-                }
-                Err(Failure::Upstream { mut error, reused }) => {
-                    error.retry.decide_reuse(reused);
-                    let retryable = error.retry();
-                    (Attempt::Failed { retryable }, Err(error))
-                }
+            let (next, answered) = match self.judge(merchant, &token, history, request, result) {
+                Ok(judged) => judged,
                 Err(f) => return self.fail(s, ctx, f).await,
             };
-            if attempt == Attempt::Answered(StatusCode::UNAUTHORIZED) {
-                self.metrics.upstream_401.inc();
-                if !history.replayed && !token.is_static() {
-                    // Only the token that was used; a newer one from a concurrent refresh stays.
-                    self.tokens.invalidate(merchant, token.id);
-                }
-            }
-            match (exchange::next(history, request, attempt), answered) {
+            match (next, answered) {
                 (Next::RetryOnFreshConnection, _) => {
                     tracing::debug!(
                         "a pooled upstream connection was closed; retrying on a new one"
@@ -583,9 +585,15 @@ impl Gateway {
             .unwrap_or(false)
     }
 
-    /// Metrics and the access-log line.
+    /// Metrics and the access-log line of a request served through pingora's session.
     fn log(&self, s: &ServerSession, ctx: &RequestCtx) {
         let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let req = s.req_header();
+        self.log_request(req.method.as_str(), req.uri.path(), status, ctx);
+    }
+
+    /// Metrics and the access-log line; `status` 0 when no response was sent.
+    fn log_request(&self, method: &str, path: &str, status: u16, ctx: &RequestCtx) {
         let m = &self.metrics;
         match &ctx.client {
             Some(client) => client.requests.observe(status),
@@ -603,10 +611,9 @@ impl Gateway {
         if let Some(code) = ctx.error_code {
             m.gateway_errors.with_label_values(&[code]).inc();
         }
-        let req = s.req_header();
         access_log::log(&access_log::Line {
-            method: req.method.as_str(),
-            path: req.uri.path(),
+            method,
+            path,
             status,
             merchant: ctx.merchant.as_ref().map(MerchantId::as_str).unwrap_or("-"),
             client: ctx.client.as_ref().map(|c| &*c.name).unwrap_or("-"),

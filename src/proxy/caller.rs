@@ -24,11 +24,22 @@ pub struct Caller {
 }
 
 /// The caller's key: the key header when present, else a Bearer `Authorization`.
-fn presented_key<'a>(req: &'a RequestHeader, key_header: &HeaderName) -> Option<&'a [u8]> {
-    if let Some(v) = req.headers.get(key_header) {
-        return Some(v.as_bytes());
+pub fn presented_key<'a>(req: &'a RequestHeader, key_header: &HeaderName) -> Option<&'a [u8]> {
+    key_of(
+        req.headers.get(key_header).map(HeaderValue::as_bytes),
+        req.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
+    )
+}
+
+/// The caller's key from the first values of the key header and of `Authorization`.
+pub fn key_of<'a>(
+    key_header: Option<&'a [u8]>,
+    authorization: Option<&'a [u8]>,
+) -> Option<&'a [u8]> {
+    if key_header.is_some() {
+        return key_header;
     }
-    let auth = req.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)?;
+    let auth = authorization?;
     let (scheme, key) = auth.split_at(auth.len().min(7));
     scheme.eq_ignore_ascii_case(b"bearer ").then_some(key)
 }
@@ -36,10 +47,9 @@ fn presented_key<'a>(req: &'a RequestHeader, key_header: &HeaderName) -> Option<
 /// Authenticates the caller against `clients` (anyone, when none is configured).
 pub fn identify(
     clients: &Clients,
-    req: &RequestHeader,
+    key: Option<&[u8]>,
     key_header: &HeaderName,
 ) -> Result<Caller, GatewayError> {
-    let key = presented_key(req, key_header);
     let test = key.is_some_and(|k| k.starts_with(b"test_"));
     if clients.is_open() {
         return Ok(Caller {
@@ -64,23 +74,23 @@ pub fn identify(
 }
 
 impl Caller {
-    /// The merchant this request acts for: exactly one valid merchant header, or the client's
-    /// default merchant when the header is absent; then one the client may act for.
-    pub fn merchant(
+    /// The merchant this request acts for: exactly one valid merchant header (`values`: its
+    /// values), or the client's default merchant when the header is absent; then one the
+    /// client may act for.
+    pub fn merchant<'a>(
         &self,
-        req: &RequestHeader,
+        mut values: impl Iterator<Item = &'a [u8]>,
         header: &HeaderName,
     ) -> Result<MerchantId, GatewayError> {
         let default = self
             .client
             .as_ref()
             .and_then(|c| c.default_merchant.as_ref());
-        let mut values = req.headers.get_all(header).iter();
         let problem = match (values.next(), values.next(), default) {
             (None, _, Some(default)) => return self.allowed(default.clone()),
             (None, _, None) => "is missing".to_string(),
             (Some(_), Some(_), _) => "is repeated; send it once".to_string(),
-            (Some(v), None, _) => match MerchantId::parse_bytes(v.as_bytes()) {
+            (Some(v), None, _) => match MerchantId::parse_bytes(v) {
                 Ok(id) => return self.allowed(id),
                 Err(MerchantIdError::Empty) => "is empty".to_string(),
                 Err(e) => e.to_string(),

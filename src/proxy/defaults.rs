@@ -60,8 +60,6 @@ impl Defaults {
 
     /// Works out what this request needs added. A JSON body that needs it is read now (up to
     /// [`MAX_REWRITE_BODY`]), so its new length is known before the header goes upstream.
-    /// A confined caller (a client's `test_` key) gets test data only: testmode is forced,
-    /// and a request for live data, or one whose body cannot be kept in test mode, is refused.
     pub async fn plan(
         &self,
         session: &mut ServerSession,
@@ -69,6 +67,38 @@ impl Defaults {
         key: KeyMode,
         token: &CachedToken,
     ) -> Result<Plan, PlanError> {
+        let req = session.req_header();
+        let facts = Facts {
+            method: &req.method,
+            query: req.uri.query(),
+            length: content_length(req),
+            chunked: req.headers.contains_key(TRANSFER_ENCODING),
+            json: req
+                .headers
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| is_json(v.as_bytes())),
+        };
+        match self.plan_head(&facts, merchant, key, token)? {
+            Planned::Done(plan) => Ok(plan),
+            Planned::WithBody(edit) => {
+                let body = read_body(session, edit.length)
+                    .await
+                    .map_err(PlanError::Body)?;
+                edit.apply(body)
+            }
+        }
+    }
+
+    /// What the head alone decides (see [`Defaults::plan`]). A confined caller (a client's
+    /// `test_` key) gets test data only: testmode is forced, and a request for live data, or
+    /// one whose body cannot be kept in test mode, is refused.
+    pub fn plan_head<'d>(
+        &'d self,
+        req: &Facts<'_>,
+        merchant: &MerchantId,
+        key: KeyMode,
+        token: &CachedToken,
+    ) -> Result<Planned<'d>, PlanError> {
         if token.kind == CredentialKind::ApiKey {
             // An API key fixes mode and profile: no testmode or profileId is added, and a
             // test key may not spend a live one.
@@ -78,10 +108,9 @@ impl Defaults {
                      a live API key"
                 )));
             }
-            return Ok(Plan::default());
+            return Ok(Planned::Done(Plan::default()));
         }
         let d = self.0.get(merchant);
-        let req = session.req_header();
         let testmode = match (d.map(|d| d.testmode).unwrap_or_default(), key.confined) {
             (TestMode::Never, true) => {
                 return Err(PlanError::Forbidden(format!(
@@ -93,41 +122,33 @@ impl Defaults {
             (TestMode::Never, false) => false,
             (TestMode::FromKey, false) => key.test,
         };
-        if key.confined && asks_for_live(req.uri.query(), None) {
+        if key.confined && asks_for_live(req.query, None) {
             return Err(live_refused());
         }
-        let method = &req.method;
+        let method = req.method;
         let profile = d
             .and_then(|d| d.profile_id.as_deref())
             .filter(|_| method == Method::POST);
         if !testmode && profile.is_none() {
-            return Ok(Plan::default());
+            return Ok(Planned::Done(Plan::default()));
         }
-        let length = content_length(req).and_then(|n| usize::try_from(n).ok());
-        let chunked = req.headers.contains_key(TRANSFER_ENCODING);
-        let json = req
-            .headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let length = req.length.and_then(|n| usize::try_from(n).ok());
         let has_body_method =
             method == Method::POST || method == Method::PATCH || method == Method::DELETE;
-        let bodiless = matches!((length, chunked), (None | Some(0), false));
+        let bodiless = matches!((length, req.chunked), (None | Some(0), false));
         let query_only = testmode && (method == Method::GET || method == Method::DELETE);
-        match (length, chunked) {
-            _ if bodiless && (query_only || key.confined) => Ok(Plan {
+        match (length, req.chunked) {
+            _ if bodiless && (query_only || key.confined) => Ok(Planned::Done(Plan {
                 query_testmode: testmode,
                 body: None,
-            }),
-            (Some(n), false) if json && n > 0 && n <= MAX_REWRITE_BODY && has_body_method => {
-                let body = read_body(session, n).await.map_err(PlanError::Body)?;
-                if key.confined && asks_for_live(None, Some(&body)) {
-                    return Err(live_refused());
-                }
-                let body = with_body_defaults(&body, testmode, profile).unwrap_or(body);
-                Ok(Plan {
-                    query_testmode: false,
-                    body: Some(body),
-                })
+            })),
+            (Some(n), false) if req.json && n > 0 && n <= MAX_REWRITE_BODY && has_body_method => {
+                Ok(Planned::WithBody(BodyEdit {
+                    length: n,
+                    testmode,
+                    profile,
+                    confined: key.confined,
+                }))
             }
             _ if key.confined => Err(PlanError::Forbidden(
                 "a test key acts on test data only, and the gateway keeps a request in test \
@@ -135,8 +156,52 @@ impl Defaults {
                     .into(),
             )),
             // No body to add to, not JSON, too large, or chunked: forwarded untouched.
-            _ => Ok(Plan::default()),
+            _ => Ok(Planned::Done(Plan::default())),
         }
+    }
+}
+
+/// What [`Defaults::plan_head`] looks at in a request head.
+pub struct Facts<'a> {
+    pub method: &'a Method,
+    pub query: Option<&'a str>,
+    /// `Content-Length`, as the body is framed by.
+    pub length: Option<u64>,
+    pub chunked: bool,
+    /// `Content-Type: application/json…`.
+    pub json: bool,
+}
+
+/// A `Content-Type` the defaults may add to.
+pub fn is_json(content_type: &[u8]) -> bool {
+    content_type.starts_with(b"application/json")
+}
+
+/// What the head decided: the plan, or the defaults to add to the whole body once it is read.
+pub enum Planned<'d> {
+    Done(Plan),
+    WithBody(BodyEdit<'d>),
+}
+
+/// Defaults to add to a JSON body of `length` bytes.
+pub struct BodyEdit<'d> {
+    pub length: usize,
+    testmode: bool,
+    profile: Option<&'d str>,
+    confined: bool,
+}
+
+impl BodyEdit<'_> {
+    /// The plan for the whole `body`: refused when a confined caller asks for live data in it.
+    pub fn apply(&self, body: Bytes) -> Result<Plan, PlanError> {
+        if self.confined && asks_for_live(None, Some(&body)) {
+            return Err(live_refused());
+        }
+        let body = with_body_defaults(&body, self.testmode, self.profile).unwrap_or(body);
+        Ok(Plan {
+            query_testmode: false,
+            body: Some(body),
+        })
     }
 }
 

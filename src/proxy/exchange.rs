@@ -24,6 +24,7 @@ use super::{Failure, Gateway, Outbound, RequestCtx};
 use crate::error::GatewayError;
 use crate::proxy::defaults::Plan;
 use crate::tokens::CachedToken;
+use crate::types::MerchantId;
 use http::header::AUTHORIZATION;
 use http::StatusCode;
 use pingora::prelude::*;
@@ -98,6 +99,36 @@ pub fn next(history: History, request: Request, attempt: Attempt) -> Next {
 }
 
 impl Gateway {
+    /// What comes after an attempt (`result`: the answer and its status, or the failure):
+    /// an upstream 401 is counted and the token it was sent with invalidated (only that
+    /// token: a newer one from a concurrent refresh stays), then [`next`] decides. A failure
+    /// of the gateway's own comes back as it is.
+    pub(super) fn judge<T>(
+        &self,
+        merchant: &MerchantId,
+        token: &CachedToken,
+        history: History,
+        request: Request,
+        result: Result<(T, StatusCode), Failure>,
+    ) -> Result<(Next, Result<T, Box<Error>>), Failure> {
+        let (attempt, answered) = match result {
+            Ok((up, status)) => (Attempt::Answered(status), Ok(up)),
+            Err(Failure::Upstream { mut error, reused }) => {
+                error.retry.decide_reuse(reused);
+                let retryable = error.retry();
+                (Attempt::Failed { retryable }, Err(error))
+            }
+            Err(f) => return Err(f),
+        };
+        if attempt == Attempt::Answered(StatusCode::UNAUTHORIZED) {
+            self.metrics.upstream_401.inc();
+            if !history.replayed && !token.is_static() {
+                self.tokens.invalidate(merchant, token.id);
+            }
+        }
+        Ok((next(history, request, attempt), answered))
+    }
+
     /// One upstream attempt: a connection (pooled, or new after a dead pooled one), the head
     /// with `token`, the body, and the final response head.
     pub(super) async fn attempt(

@@ -239,9 +239,20 @@ fn is_absolute_form(raw: &[u8]) -> bool {
 /// The request's id: the caller's `X-Request-Id` when it is one sane token (1 to 128 visible
 /// ASCII bytes), otherwise a new random one (32 hex digits).
 pub fn request_id(req: &RequestHeader) -> HeaderValue {
-    let mut values = req.headers.get_all(REQUEST_ID).iter();
+    request_id_of(
+        req.headers
+            .get_all(REQUEST_ID)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// [`request_id`] from the values of `X-Request-Id`.
+pub fn request_id_of<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> HeaderValue {
     match (values.next(), values.next()) {
-        (Some(id), None) if is_sane_id(id.as_bytes()) => id.clone(),
+        (Some(id), None) if is_sane_id(id) => {
+            HeaderValue::from_bytes(id).expect("visible ASCII is a valid header value")
+        }
         _ => {
             let id = format!("{:032x}", fastrand::u128(..));
             HeaderValue::from_str(&id).expect("hex digits are a valid header value")

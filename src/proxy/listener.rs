@@ -18,6 +18,7 @@
 //! HTTP/2 server; their heads are bounded by the h2 stack. TLS handshakes happen before a
 //! connection reaches this code, under pingora's own fixed handshake timeout.
 
+use super::fast::Served;
 use super::Gateway;
 use crate::access_log;
 use crate::error::GatewayError;
@@ -101,8 +102,14 @@ impl ProxyListener {
     /// The HTTP/1 keep-alive loop (see the module text).
     async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
         let mut settings = None;
+        // Bytes of the next request the fast path read already.
+        let mut next = BytesMut::new();
         loop {
-            let Some(mut head) = self.await_head(&mut stream).await else {
+            let head = match std::mem::take(&mut next) {
+                started if !started.is_empty() => Some(started),
+                _ => self.await_head(&mut stream).await,
+            };
+            let Some(mut head) = head else {
                 return;
             };
             let deadline = tokio::time::Instant::now() + self.header_timeout;
@@ -112,7 +119,23 @@ impl ProxyListener {
                 Ok(Err(HeadCut::TooLarge)) => {
                     return self.refuse(stream, Refusal::HeaderTooLarge).await
                 }
-                Ok(Ok(())) => {}
+                Ok(Ok(len)) if self.gateway.fast_path => {
+                    let shutting_down = *shutdown.borrow();
+                    match self
+                        .gateway
+                        .serve_fast(&mut stream, head, len, shutting_down)
+                        .await
+                    {
+                        Served::Next(rest) => {
+                            next = rest;
+                            settings = None;
+                            continue;
+                        }
+                        Served::Close => return,
+                        Served::Slow(whole) => head = whole,
+                    }
+                }
+                Ok(Ok(_)) => self.metrics.http1_slow.inc(),
             }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
@@ -159,11 +182,11 @@ impl ProxyListener {
     }
 
     /// Reads into `buf` (which holds the first bytes) until the end of the request head, an
-    /// empty line, is in it, within `server.max_header_bytes`.
-    async fn read_head(&self, stream: &mut Stream, buf: &mut BytesMut) -> Result<(), HeadCut> {
+    /// empty line, is in it, within `server.max_header_bytes`; the head's length.
+    async fn read_head(&self, stream: &mut Stream, buf: &mut BytesMut) -> Result<usize, HeadCut> {
         loop {
             match head_len(buf) {
-                Some(len) if len <= self.max_header_bytes => return Ok(()),
+                Some(len) if len <= self.max_header_bytes => return Ok(len),
                 Some(_) => return Err(HeadCut::TooLarge),
                 None if buf.len() > self.max_header_bytes => return Err(HeadCut::TooLarge),
                 None => {}

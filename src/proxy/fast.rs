@@ -1,0 +1,582 @@
+//! The strict HTTP/1 fast path: the request shape every SDK sends, served on the raw
+//! connections without pingora's sessions (`benches/README.md`, issue 14 lever 6).
+//!
+//! pingora's HTTP/1 sessions store every head twice (`http::HeaderMap` and a case map), the
+//! upstream session keeps its own copy of the request head, and a response head is parsed into
+//! one map, cloned, edited and serialized again. For a request of the shape [`request::parse`]
+//! accepts, this path works on the bytes instead: the caller's head is parsed once with
+//! httparse (pingora's own parser) into borrowed lines, the upstream head is written from those
+//! lines, and the upstream's response head is parsed once and written for the caller from its
+//! lines. Every request of another shape, and every HTTP/2 stream, is served by pingora's
+//! session from the same bytes ([`Served::Slow`]); a TLS caller's bytes go to pingora the same
+//! way (the listener hands pingora its buffer as a pipelined prefix, so nothing needs to be
+//! rewound).
+//!
+//! Every rule of the slow path holds, in the same order: the listener's head deadline, size
+//! bound and connection cap (the head is read before either path starts); origin-form targets
+//! only; a body of at most [`FAST_BODY`] bytes under `server.max_body_bytes` (a larger one
+//! goes to the slow path); the caller and merchant checks ([`super::caller`]); the token
+//! ([`crate::tokens`]); the defaults ([`super::defaults`]); the attempt policy
+//! ([`super::exchange::next`]: one 401 replay, one retry of an idempotent request on a new
+//! connection); the upstream head with the bytes the slow path writes
+//! (`fuzz/fuzz_targets/fast_path.rs` feeds both paths the same bytes and requires the same
+//! verdict and the same bytes upstream); the caller's response head as the slow path writes
+//! it ([`response::caller_head`]); metrics and the access log.
+//!
+//! What differs, by design: the body (at most 64 KiB) is read whole before the upstream is
+//! called, as nginx buffers request bodies, so a 401 replay or a retry always has it; a
+//! body slower than `server.header_timeout_ms` gets 408 `request_timeout`; a caller that
+//! leaves while the upstream is answering is noticed when the answer is written, not before;
+//! and an upstream response with ambiguous framing gets 502 (see [`response`]).
+
+mod lines;
+pub mod request;
+mod response;
+
+use super::caller;
+use super::defaults::{is_json, Facts, Plan, PlanError, Planned};
+use super::exchange::{History, Next, Request};
+use super::headers::{request_id_of, REQUEST_ID};
+use super::{Failure, Gateway, RequestCtx};
+use crate::error::{self, GatewayError};
+use crate::rewrite::with_query_testmode;
+use crate::tokens::CachedToken;
+use crate::types::MerchantId;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{StatusCode, Uri};
+use pingora::prelude::*;
+use pingora::protocols::http::date::get_cached_date;
+use pingora::protocols::Stream;
+use pingora::ErrorType::{
+    ConnectionClosed, InvalidHTTPHeader, ReadError, ReadTimedout, WriteError, WriteTimedout,
+};
+use request::{Outbound, Simple, MAX_LINES};
+use response::{Body, Framing, Parsed, Step};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The largest request body the fast path takes (the slow path's retry buffer).
+pub const FAST_BODY: u64 = 64 * 1024;
+
+/// An upstream read.
+const READ_BUF: usize = 8 * 1024;
+
+/// How a request given to the fast path ended, for the listener's keep-alive loop.
+pub enum Served {
+    /// Not of the fast path's shape: pingora's session serves it from these bytes (its head
+    /// and whatever followed).
+    Slow(BytesMut),
+    /// Answered; the connection carries on with these bytes (the start of the next head).
+    Next(BytesMut),
+    /// Answered, or the caller left: the connection closes.
+    Close,
+}
+
+/// The caller's connection during one request.
+struct Caller<'s> {
+    stream: &'s mut Stream,
+    /// What the caller sent after the head (the body, then anything beyond it).
+    buf: BytesMut,
+    /// The connection carries another request after this one.
+    keepalive: bool,
+}
+
+/// One upstream attempt's connection, with the response head at the start of `buf`.
+struct Answer {
+    stream: Stream,
+    buf: BytesMut,
+    head: response::Head,
+}
+
+impl Gateway {
+    /// Serves the request whose head is the first `head_len` bytes of `buf` when it has the fast
+    /// path's shape; [`Served::Slow`] (with `buf` whole) otherwise.
+    pub(super) async fn serve_fast(
+        &self,
+        stream: &mut Stream,
+        mut buf: BytesMut,
+        head_len: usize,
+        shutting_down: bool,
+    ) -> Served {
+        let head = buf.split_to(head_len).freeze();
+        let mut lines = [httparse::EMPTY_HEADER; MAX_LINES];
+        let simple = request::parse(&head, &mut lines).filter(|r| {
+            let length = r.length.unwrap_or(0);
+            length <= FAST_BODY && length <= self.max_body_bytes
+        });
+        let Some(req) = simple else {
+            self.metrics.http1_slow.inc();
+            let mut whole = BytesMut::from(&head[..]);
+            whole.extend_from_slice(&buf);
+            return Served::Slow(whole);
+        };
+        self.metrics.http1_fast.inc();
+        let mut ctx = RequestCtx::new(request_id_of(req.values(REQUEST_ID.as_str().as_bytes())));
+        let mut caller = Caller {
+            stream,
+            buf,
+            keepalive: !req.close && !shutting_down,
+        };
+        let status = self.fast_request(&req, &mut caller, &mut ctx).await;
+        self.log_request(req.method.as_str(), req.path(), status, &ctx);
+        match caller.keepalive {
+            true => Served::Next(caller.buf),
+            false => Served::Close,
+        }
+    }
+
+    /// The steps of one request (see the module text); the status written (0: none).
+    async fn fast_request(
+        &self,
+        req: &Simple<'_>,
+        caller: &mut Caller<'_>,
+        ctx: &mut RequestCtx,
+    ) -> u16 {
+        let length = req.length.unwrap_or(0) as usize;
+        let body = match self.read_body(caller, length).await {
+            Ok(body) => body,
+            Err(None) => {
+                caller.keepalive = false;
+                return 0;
+            }
+            Err(Some(e)) => {
+                caller.keepalive = false;
+                return self.answer(caller, ctx, e).await;
+            }
+        };
+        // Bytes beyond the body (a pipelined request): answered, then the connection closes,
+        // as on the slow path, which never serves a pipelined request.
+        if !caller.buf.is_empty() {
+            caller.keepalive = false;
+        }
+        let clients = self.live.clients.load();
+        let key_header = self.client_key_header.as_str().as_bytes();
+        let key = caller::key_of(req.first(key_header), req.first(b"authorization"));
+        let who = match caller::identify(&clients, key, &self.client_key_header) {
+            Ok(who) => who,
+            Err(e) => return self.answer(caller, ctx, e).await,
+        };
+        ctx.client = who.client.clone();
+        let values = req.values(self.merchant_header.as_str().as_bytes());
+        let merchant = match who.merchant(values, &self.merchant_header) {
+            Ok(m) => m,
+            Err(e) => return self.answer(caller, ctx, e).await,
+        };
+        ctx.merchant = Some(merchant.clone());
+        let token = match self.tokens.get(&merchant).await {
+            Ok(token) => token,
+            Err(e) => return self.answer(caller, ctx, e.to_gateway(&merchant)).await,
+        };
+        let facts = Facts {
+            method: &req.method,
+            query: req.query(),
+            length: req.length,
+            chunked: false,
+            json: req.first(b"content-type").is_some_and(is_json),
+        };
+        let defaults = self.live.defaults.load();
+        let planned = defaults.plan_head(&facts, &merchant, who.key, &token);
+        let plan = match planned.and_then(|p| match p {
+            Planned::Done(plan) => Ok(plan),
+            Planned::WithBody(edit) => edit.apply(body.clone()),
+        }) {
+            Ok(plan) => plan,
+            Err(PlanError::Forbidden(why)) => {
+                return self
+                    .answer(caller, ctx, GatewayError::CallerForbidden(why))
+                    .await
+            }
+            Err(PlanError::Body(e)) => {
+                let e = GatewayError::Internal(e.to_string());
+                return self.answer(caller, ctx, e).await;
+            }
+        };
+        let target = plan
+            .query_testmode
+            .then(|| Uri::try_from(req.target).ok())
+            .flatten()
+            .and_then(|uri| with_query_testmode(&uri));
+        let body = plan.body.clone().unwrap_or(body);
+        let request_id = ctx.request_id.clone();
+        let wire = Wire {
+            req,
+            target: target
+                .as_ref()
+                .map(|t| t.path_and_query().map_or("/", |p| p.as_str())),
+            plan: &plan,
+            body: &body,
+            request_id: request_id.as_bytes(),
+        };
+        self.fast_exchange(caller, ctx, &merchant, token, &wire)
+            .await
+    }
+
+    /// Reads the request body of `length` bytes from the caller, within
+    /// `server.header_timeout_ms`. `Err(None)`: the caller left (nobody to answer).
+    async fn read_body(
+        &self,
+        caller: &mut Caller<'_>,
+        length: usize,
+    ) -> Result<Bytes, Option<GatewayError>> {
+        if caller.buf.len() < length {
+            let read = async {
+                while caller.buf.len() < length {
+                    caller.buf.reserve(length - caller.buf.len());
+                    match caller.stream.read_buf(&mut caller.buf).await {
+                        Ok(n) if n > 0 => {}
+                        _ => return false,
+                    }
+                }
+                true
+            };
+            match tokio::time::timeout(self.header_timeout, read).await {
+                Ok(true) => {}
+                Ok(false) => return Err(None),
+                Err(_) => {
+                    let ms = self.header_timeout.as_millis() as u64;
+                    return Err(Some(GatewayError::RequestTimeout(ms)));
+                }
+            }
+        }
+        Ok(caller.buf.split_to(length).freeze())
+    }
+
+    /// The attempts and the policy between them, then the response (as `Gateway::exchange`).
+    async fn fast_exchange(
+        &self,
+        caller: &mut Caller<'_>,
+        ctx: &mut RequestCtx,
+        merchant: &MerchantId,
+        mut token: Arc<CachedToken>,
+        wire: &Wire<'_, '_>,
+    ) -> u16 {
+        let peer = match self.peer() {
+            Ok(peer) => peer,
+            Err(f) => return self.fast_fail(caller, ctx, f).await,
+        };
+        ctx.upstream_started = Some(Instant::now());
+        let mut bytes = Vec::with_capacity(512 + wire.body.len());
+        wire.write(self, &token, &mut bytes);
+        let mut history = History::default();
+        loop {
+            let result = self
+                .fast_attempt(&peer, &bytes, history.retried)
+                .await
+                .map(|a| {
+                    let status = StatusCode::from_u16(a.head.status);
+                    (a, status.unwrap_or(StatusCode::BAD_GATEWAY))
+                });
+            let request = Request {
+                static_credential: token.is_static(),
+                idempotent: wire.req.method.is_idempotent(),
+                body_at_hand: true,
+            };
+            let (next, answered) = match self.judge(merchant, &token, history, request, result) {
+                Ok(judged) => judged,
+                Err(f) => return self.fast_fail(caller, ctx, f).await,
+            };
+            match (next, answered) {
+                (Next::RetryOnFreshConnection, _) => {
+                    tracing::debug!(
+                        "a pooled upstream connection was closed; retrying on a new one"
+                    );
+                    history.retried = true;
+                }
+                (Next::Replay401, Ok(answer)) => match self.tokens.get(merchant).await {
+                    Ok(fresh) => {
+                        self.fast_discard(answer, &peer).await;
+                        token = fresh;
+                        bytes.clear();
+                        wire.write(self, &token, &mut bytes);
+                        history.replayed = true;
+                    }
+                    Err(e) => {
+                        ctx.replay_outcome = Some("refresh_failed");
+                        return self.answer(caller, ctx, e.to_gateway(merchant)).await;
+                    }
+                },
+                (next, Ok(answer)) => {
+                    if let Next::Stream { replay } = next {
+                        ctx.replay_outcome = replay;
+                    }
+                    return self.relay(caller, ctx, answer, &peer).await;
+                }
+                (_, Err(error)) => {
+                    let f = Failure::Upstream {
+                        error,
+                        reused: false,
+                    };
+                    return self.fast_fail(caller, ctx, f).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt: a connection (pooled, or new when `fresh`), the request, and the final
+    /// response head.
+    async fn fast_attempt(
+        &self,
+        peer: &HttpPeer,
+        bytes: &[u8],
+        fresh: bool,
+    ) -> Result<Answer, Failure> {
+        let (mut stream, reused) =
+            self.upstreams
+                .stream(peer, fresh)
+                .await
+                .map_err(|error| Failure::Upstream {
+                    error,
+                    reused: false,
+                })?;
+        // Before any response byte, a failure on a pooled connection may be retried.
+        let early = |mut error: Box<Error>| {
+            error.retry = pingora::RetryType::ReusedOnly;
+            Failure::Upstream { error, reused }
+        };
+        let write = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(self.read_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(early(Error::because(WriteError, "writing the request", e))),
+            Err(_) => return Err(timed_out(WriteTimedout, reused)),
+        }
+        let mut buf = BytesMut::with_capacity(READ_BUF);
+        loop {
+            match tokio::time::timeout(self.read_timeout, stream.read_buf(&mut buf)).await {
+                Err(_) => return Err(timed_out(ReadTimedout, reused)),
+                Ok(Err(e)) if buf.is_empty() => {
+                    return Err(early(Error::because(ReadError, "reading the response", e)))
+                }
+                Ok(Err(e)) => {
+                    let error = Error::because(ReadError, "reading the response head", e);
+                    return Err(Failure::Upstream { error, reused });
+                }
+                Ok(Ok(0)) if buf.is_empty() => {
+                    let e = Error::explain(ConnectionClosed, "closed before the response");
+                    return Err(early(e));
+                }
+                Ok(Ok(0)) => {
+                    let error = Error::explain(ConnectionClosed, "closed mid-head");
+                    return Err(Failure::Upstream { error, reused });
+                }
+                Ok(Ok(_)) => {}
+            }
+            loop {
+                match response::parse_head(&buf) {
+                    Ok(Parsed::Partial) => break,
+                    Ok(Parsed::Informational(len)) => buf.advance(len),
+                    Ok(Parsed::Final(head)) => return Ok(Answer { stream, buf, head }),
+                    Err(why) => {
+                        let error = Error::explain(InvalidHTTPHeader, why);
+                        return Err(Failure::Upstream { error, reused });
+                    }
+                }
+            }
+            buf.reserve(READ_BUF);
+        }
+    }
+
+    /// Streams the answer to the caller; the status written.
+    async fn relay(
+        &self,
+        caller: &mut Caller<'_>,
+        ctx: &mut RequestCtx,
+        answer: Answer,
+        peer: &HttpPeer,
+    ) -> u16 {
+        let Answer {
+            mut stream,
+            mut buf,
+            head,
+        } = answer;
+        ctx.upstream_status = Some(head.status);
+        if head.framing == Framing::UntilClose {
+            caller.keepalive = false;
+        }
+        let mut out = Vec::with_capacity(buf.len() + 256);
+        let date = get_cached_date();
+        response::caller_head(
+            &buf[..head.len],
+            ctx.request_id.as_bytes(),
+            date.as_bytes(),
+            caller.keepalive,
+            &mut out,
+        );
+        buf.advance(head.len);
+        let mut body = Body::new(head.framing);
+        let broken = |ctx: &mut RequestCtx, why: &str| {
+            tracing::warn!(error = why, "upstream failed during the response body");
+            ctx.error_code = Some("upstream_unavailable");
+        };
+        loop {
+            match body.step(&mut buf) {
+                Ok(Step::Data(data)) => body.encode(&data, &mut out),
+                Ok(Step::Done) => break,
+                Ok(Step::More) => {
+                    if !out.is_empty() {
+                        if send(caller.stream, &out).await.is_err() {
+                            caller.keepalive = false;
+                            return head.status;
+                        }
+                        out.clear();
+                    }
+                    buf.reserve(READ_BUF);
+                    let read = tokio::time::timeout(self.read_timeout, stream.read_buf(&mut buf));
+                    let eof = match read.await {
+                        Ok(Ok(0)) => body.eof(),
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(_)) => Err("reading the response body failed"),
+                        Err(_) => Err("the response body timed out"),
+                    };
+                    if let Err(why) = eof {
+                        // The caller sees the response broken off, never a truncated whole.
+                        broken(ctx, why);
+                        caller.keepalive = false;
+                        return head.status;
+                    }
+                }
+                Err(why) => {
+                    broken(ctx, why);
+                    caller.keepalive = false;
+                    return head.status;
+                }
+            }
+        }
+        body.finish(&mut out);
+        if send(caller.stream, &out).await.is_err() {
+            caller.keepalive = false;
+            return head.status;
+        }
+        if head.reusable && buf.is_empty() {
+            self.upstreams.release_stream(stream, peer);
+        }
+        head.status
+    }
+
+    /// Drops a 401 answer before the replay, pooling its connection when its body is small.
+    async fn fast_discard(&self, answer: Answer, peer: &HttpPeer) {
+        let Answer {
+            mut stream,
+            mut buf,
+            head,
+        } = answer;
+        buf.advance(head.len);
+        let mut body = Body::new(head.framing);
+        let mut read = 0;
+        loop {
+            match body.step(&mut buf) {
+                Ok(Step::Data(data)) => {
+                    read += data.len();
+                    if read > super::MAX_DISCARD {
+                        return;
+                    }
+                }
+                Ok(Step::Done) => break,
+                Ok(Step::More) => {
+                    buf.reserve(READ_BUF);
+                    let read = tokio::time::timeout(self.read_timeout, stream.read_buf(&mut buf));
+                    match read.await {
+                        Ok(Ok(0)) if body.eof().is_ok() => {}
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        if head.reusable && buf.is_empty() {
+            self.upstreams.release_stream(stream, peer);
+        }
+    }
+
+    /// Answers a failed exchange (as `Gateway::fail`).
+    async fn fast_fail(&self, caller: &mut Caller<'_>, ctx: &mut RequestCtx, f: Failure) -> u16 {
+        let error = match f {
+            Failure::Gateway(e) => e,
+            Failure::Upstream { error, .. } => {
+                tracing::warn!(error = %error, "upstream request failed");
+                error::upstream_failure(&error)
+            }
+            // The body was read before the exchange: nothing fails on the caller's side.
+            Failure::Downstream(error) => GatewayError::Internal(error.to_string()),
+        };
+        self.answer(caller, ctx, error).await
+    }
+
+    /// Answers the caller with a gateway error; the status written (0: the caller is gone).
+    async fn answer(
+        &self,
+        caller: &mut Caller<'_>,
+        ctx: &mut RequestCtx,
+        error: GatewayError,
+    ) -> u16 {
+        let (mut header, body) = error.response(ctx.request_id.to_str().ok());
+        ctx.error_code = Some(error.code());
+        let connection = if caller.keepalive {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        let date = get_cached_date();
+        let written = header
+            .insert_header(http::header::DATE, date)
+            .and_then(|_| header.insert_header(http::header::CONNECTION, connection));
+        let mut out = Vec::with_capacity(256 + body.len());
+        response::write_head(&header, &mut out);
+        out.extend_from_slice(&body);
+        if written.is_err() || send(caller.stream, &out).await.is_err() {
+            caller.keepalive = false;
+            return 0;
+        }
+        header.status.as_u16()
+    }
+}
+
+/// Writes and flushes `bytes` to the caller.
+async fn send(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+fn timed_out(what: ErrorType, reused: bool) -> Failure {
+    Failure::Upstream {
+        error: Error::explain(what, "the upstream did not answer in time"),
+        reused,
+    }
+}
+
+/// What every attempt of one request writes upstream, but the token.
+struct Wire<'r, 'a> {
+    req: &'r Simple<'a>,
+    /// The target with `testmode=true`, when the defaults add it.
+    target: Option<&'r str>,
+    plan: &'r Plan,
+    /// The body sent: the caller's, or the one the defaults rewrote.
+    body: &'r Bytes,
+    request_id: &'r [u8],
+}
+
+impl Wire<'_, '_> {
+    /// The upstream request with `token`: head then body, into `out`.
+    fn write(&self, gateway: &Gateway, token: &CachedToken, out: &mut Vec<u8>) {
+        let mut length = itoa::Buffer::new();
+        let o = Outbound {
+            merchant_header: gateway.merchant_header.as_str().as_bytes(),
+            client_key_header: gateway.client_key_header.as_str().as_bytes(),
+            bearer: token.bearer.as_bytes(),
+            host: gateway.upstream_host.as_bytes(),
+            request_id: self.request_id,
+            target: self.target.map(str::as_bytes),
+            length: self
+                .plan
+                .body
+                .as_ref()
+                .map(|b| length.format(b.len()).as_bytes()),
+        };
+        request::upstream_head(self.req, &o, out);
+        out.extend_from_slice(self.body);
+    }
+}
