@@ -26,7 +26,7 @@
 mod caller;
 mod defaults;
 mod exchange;
-mod fast;
+pub mod fast;
 pub mod headers;
 mod listener;
 mod pool;

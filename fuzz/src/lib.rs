@@ -9,8 +9,10 @@
 
 use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
+use mollie_gateway::proxy::fast::request::{self as fast, head_len, Outbound, MAX_LINES};
 use mollie_gateway::proxy::headers::{
-    check_target, content_length, request_id, rewrite_upstream_headers, REQUEST_ID,
+    check_framing, check_target, content_length, request_id, request_id_of,
+    rewrite_upstream_headers, REQUEST_ID,
 };
 use mollie_gateway::rewrite::{
     asks_for_live, with_body_defaults, with_query_testmode, LinkRewriter,
@@ -26,9 +28,10 @@ use std::io::Cursor;
 pub type Check = fn(&[u8]);
 
 /// Every target by name: the directory of its corpus under `fuzz/corpus/`, and its check.
-pub const TARGETS: [(&str, Check); 8] = [
+pub const TARGETS: [(&str, Check); 9] = [
     ("merchant_header", merchant_header),
     ("upstream_head", upstream_head),
+    ("fast_path", fast_path),
     ("link_rewriter", link_rewriter),
     ("body_defaults", body_defaults),
     ("config", config),
@@ -195,6 +198,81 @@ pub fn upstream_head(data: &[u8]) {
     head.insert_header(REQUEST_ID, id.clone())
         .expect("a request id header");
     check_upstream_head(&req, &head, has_body, framed);
+}
+
+/// The fast path against the slow path on the same bytes (`proxy/fast.rs`): every request
+/// head the fast path takes (`fast::parse`) pingora's parser takes too, with the same body
+/// length, and the slow path's checks pass it (`check_target`, `check_framing`); the upstream
+/// head the fast path writes (`fast::upstream_head`) is byte for byte the one the slow path
+/// writes (`rewrite_upstream_headers`, the caller-key header removed, `testmode` added to the
+/// query, a rewritten body's length, the request id, pingora's serializer); the request id
+/// is the same. Which of the defaults' edits apply is taken from the input's length. A head
+/// the fast path does not take is the slow path's alone: nothing to compare.
+pub fn fast_path(data: &[u8]) {
+    let Some(len) = head_len(data) else {
+        return;
+    };
+    let head = &data[..len];
+    let mut lines = [httparse::EMPTY_HEADER; MAX_LINES];
+    let Some(simple) = fast::parse(head, &mut lines) else {
+        return;
+    };
+    let Some((req, has_body)) = read_head(data) else {
+        panic!("the fast path took a head pingora refuses");
+    };
+    check_target(&req).expect("the fast path took a target the slow path refuses");
+    check_framing(&req, Some(head)).expect("the fast path took framing the slow path refuses");
+    assert_eq!(simple.length, content_length(&req), "the body's length");
+    assert_eq!(has_body, simple.length.is_some_and(|n| n > 0));
+
+    let id = request_id(&req);
+    let fast_id = request_id_of(simple.values(REQUEST_ID.as_str().as_bytes()));
+    if is_sane_id(id.as_bytes()) && req.headers.get_all(REQUEST_ID).iter().count() == 1 {
+        assert_eq!(id, fast_id, "the caller's request id");
+    }
+    let testmode = data.len() % 2 == 1;
+    // The defaults rewrite only a body that has a length (`Defaults::plan_head`).
+    let rewritten = data.len() % 3 == 0 && simple.length.is_some_and(|n| n > 0);
+
+    let mut slow = req.clone();
+    let bearer = HeaderValue::from_static(BEARER);
+    let host = HeaderValue::from_static(UPSTREAM_HOST);
+    rewrite_upstream_headers(&mut slow, &MERCHANT_HEADER, &bearer, &host, has_body)
+        .expect("the slow path's rewrite of a head the fast path took");
+    slow.remove_header(&CLIENT_KEY_HEADER);
+    if testmode {
+        if let Some(uri) = with_query_testmode(&slow.uri) {
+            slow.set_uri(uri);
+        }
+    }
+    if rewritten {
+        slow.insert_header(CONTENT_LENGTH, 42).expect("a length");
+    }
+    slow.insert_header(REQUEST_ID, id.clone()).expect("an id");
+    let slow = http_req_header_to_wire(&slow).expect("a head pingora can write");
+
+    let target = testmode
+        .then(|| Uri::try_from(simple.target).ok())
+        .flatten()
+        .and_then(|uri| with_query_testmode(&uri));
+    let o = Outbound {
+        merchant_header: b"x-merchant-id",
+        client_key_header: b"x-gateway-key",
+        bearer: BEARER.as_bytes(),
+        host: UPSTREAM_HOST.as_bytes(),
+        request_id: id.as_bytes(),
+        target: target
+            .as_ref()
+            .map(|t| t.path_and_query().map_or("/", |p| p.as_str()).as_bytes()),
+        length: rewritten.then_some(&b"42"[..]),
+    };
+    let mut fast = Vec::new();
+    fast::upstream_head(&simple, &o, &mut fast);
+    assert_eq!(
+        String::from_utf8_lossy(&fast),
+        String::from_utf8_lossy(&slow),
+        "the upstream head: fast path (left) and slow path (right)"
+    );
 }
 
 fn check_upstream_head(

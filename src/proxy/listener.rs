@@ -18,6 +18,7 @@
 //! HTTP/2 server; their heads are bounded by the h2 stack. TLS handshakes happen before a
 //! connection reaches this code, under pingora's own fixed handshake timeout.
 
+use super::fast::request::head_len;
 use super::fast::Served;
 use super::Gateway;
 use crate::access_log;
@@ -240,22 +241,6 @@ impl ProxyListener {
     }
 }
 
-/// The length of the request head at the start of `buf` (through its empty line), once it is
-/// there. An LF, an optional CR and an LF end it: pingora's parser (httparse) takes a bare LF
-/// for a line end too; the gateway then refuses such a head (`headers::check_framing`).
-fn head_len(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(lf) = memchr::memchr(b'\n', &buf[from..]) {
-        let at = from + lf + 1;
-        match buf.get(at..) {
-            Some([b'\n', ..]) => return Some(at + 1),
-            Some([b'\r', b'\n', ..]) => return Some(at + 2),
-            _ => from = at,
-        }
-    }
-    None
-}
-
 /// The stream under an HTTP/1 session (whose head could not be read).
 fn into_stream(session: ServerSession) -> Stream {
     match session {
@@ -313,20 +298,5 @@ impl ServerApp for ProxyListener {
 
     async fn cleanup(&self) {
         self.gateway.http_cleanup().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::head_len;
-
-    #[test]
-    fn a_head_ends_at_its_empty_line() {
-        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody"), Some(27));
-        assert_eq!(head_len(b"GET / HTTP/1.1\nHost: h\n\nbody"), Some(24));
-        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\n\r\n"), Some(26));
-        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n\r"), None);
-        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n"), None);
-        assert_eq!(head_len(b""), None);
     }
 }

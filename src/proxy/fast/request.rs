@@ -149,6 +149,22 @@ pub fn parse<'a>(
     })
 }
 
+/// The length of the request head at the start of `buf` (through its empty line), once it is
+/// there. An LF, an optional CR and an LF end it: pingora's parser (httparse) takes a bare LF
+/// for a line end too; the gateway then refuses such a head (`headers::check_framing`).
+pub fn head_len(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(lf) = memchr::memchr(b'\n', &buf[from..]) {
+        let at = from + lf + 1;
+        match buf.get(at..) {
+            Some([b'\n', ..]) => return Some(at + 1),
+            Some([b'\r', b'\n', ..]) => return Some(at + 2),
+            _ => from = at,
+        }
+    }
+    None
+}
+
 /// What the upstream head carries besides the caller's lines.
 pub struct Outbound<'a> {
     /// `merchants.header`, removed.
@@ -238,5 +254,15 @@ mod tests {
         }
         let many: String = (0..=MAX_LINES).map(|i| format!("X-{i}: v\r\n")).collect();
         assert!(!simple(format!("GET /a HTTP/1.1\r\n{many}\r\n").as_bytes()));
+    }
+
+    #[test]
+    fn a_head_ends_at_its_empty_line() {
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody"), Some(27));
+        assert_eq!(head_len(b"GET / HTTP/1.1\nHost: h\n\nbody"), Some(24));
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\n\r\n"), Some(26));
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n\r"), None);
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: h\r\n"), None);
+        assert_eq!(head_len(b""), None);
     }
 }
