@@ -4,7 +4,8 @@
 #   benches/load.sh ab      # direct vs nginx vs gateway, interleaved rounds, medians (default)
 #   benches/load.sh storm   # refresh storm: N = 1, 100, 1000 requests on one expired token
 #   benches/load.sh scale   # 100,000 merchants: start-up time and RSS above an empty store
-#   benches/load.sh profile # where the gateway's CPU goes at 64 connections (perf/callgrind)
+#   benches/load.sh profile # where the gateway's CPU goes at 64 connections (perf/callgrind;
+#                           # STRACE=1: its system calls, strace -c)
 #   benches/load.sh replicas # 3 replicas on one Redis vs 3 on file stores, same run: token
 #                            # calls per merchant per expiry, proxy CPU µs/request
 #
@@ -347,6 +348,18 @@ profile() {
   start_gateway "$WORK/gw"
   DURATION=$WARMUP one gateway 64 >/dev/null
   local out=${PROFILE_OUT:-$WORK}
+  if [ -n "${STRACE:-}" ]; then
+    # System calls instead of samples: `strace -c` over the run, and wrk's request count.
+    DURATION=$DURATION one gateway 64 >"$WORK/row" &
+    local w=$!
+    sleep 1
+    timeout -s INT $((DURATION - 2)) strace -c -f -p "$GW_PID" -o "$out/strace.txt" 2>/dev/null || true
+    wait $w
+    cat "$WORK/row"
+    echo "system calls over $((DURATION - 2)) s of the run (strace slows the gateway; see the calls per request):"
+    head -25 "$out/strace.txt"
+    return
+  fi
   if perf record -q -e cpu-clock -o "$WORK/probe.data" true 2>/dev/null; then
     DURATION=$DURATION one gateway 64 >"$WORK/row" &
     local w=$!
