@@ -166,22 +166,46 @@ fn write_out(buf: &mut Vec<u8>) {
 fn text(buf: &mut Vec<u8>, stamp: &[u8; 19], micros: u32, l: &Line) {
     buf.extend_from_slice(stamp);
     let _ = write!(buf, ".{micros:06}Z  INFO access: method={}", l.method);
-    let _ = write!(
-        buf,
-        " path={:?} status={} merchant={:?} client={:?} request_id={:?} upstream_status={} \
-         duration_us={} gateway_us={} replayed={} error={:?}",
-        l.path,
-        l.status,
-        l.merchant,
-        l.client,
-        l.request_id,
-        l.upstream_status,
-        l.duration_us,
-        l.gateway_us,
-        l.replayed,
-        l.error
-    );
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(b" path=");
+    debug_str(buf, l.path);
+    buf.extend_from_slice(b" status=");
+    buf.extend_from_slice(n.format(l.status).as_bytes());
+    for (key, value) in [
+        (&b" merchant="[..], l.merchant),
+        (b" client=", l.client),
+        (b" request_id=", l.request_id),
+    ] {
+        buf.extend_from_slice(key);
+        debug_str(buf, value);
+    }
+    for (key, value) in [
+        (&b" upstream_status="[..], u64::from(l.upstream_status)),
+        (b" duration_us=", l.duration_us),
+        (b" gateway_us=", l.gateway_us),
+    ] {
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(n.format(value).as_bytes());
+    }
+    buf.extend_from_slice(if l.replayed {
+        b" replayed=true error="
+    } else {
+        b" replayed=false error="
+    });
+    debug_str(buf, l.error);
     buf.push(b'\n');
+}
+
+/// `s` as `fmt::Debug` writes it (quoted, escaped); without a `fmt` call when nothing in it
+/// needs escaping (printable ASCII but `"` and `\\`), as almost every value is.
+fn debug_str(buf: &mut Vec<u8>, s: &str) {
+    if plain(s) {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        let _ = write!(buf, "{s:?}");
+    }
 }
 
 /// tracing-subscriber's JSON format: `{"timestamp":…,"level":"INFO","fields":{…},"target":"access"}`.
@@ -215,8 +239,22 @@ fn json(buf: &mut Vec<u8>, stamp: &[u8; 19], micros: u32, l: &Line) {
 }
 
 fn json_pair(buf: &mut Vec<u8>, key: &str, value: &str) {
-    let _ = write!(buf, "\"{key}\":");
-    let _ = serde_json::to_writer(&mut *buf, value);
+    buf.push(b'"');
+    buf.extend_from_slice(key.as_bytes());
+    buf.extend_from_slice(b"\":");
+    if plain(value) {
+        buf.push(b'"');
+        buf.extend_from_slice(value.as_bytes());
+        buf.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *buf, value);
+    }
+}
+
+/// Printable ASCII but `"` and `\\`: written as it is, quoted, by both formats.
+fn plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time, as tracing-subscriber prints it.

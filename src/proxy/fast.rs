@@ -48,10 +48,10 @@ use pingora::prelude::*;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::Stream;
 use pingora::ErrorType::{
-    ConnectionClosed, InvalidHTTPHeader, ReadError, ReadTimedout, WriteError, WriteTimedout,
+    ConnectionClosed, InvalidHTTPHeader, ReadError, ReadTimedout, WriteError,
 };
-use request::{Outbound, Simple, MAX_LINES};
-use response::{Body, Framing, Parsed, Step};
+use request::{Outbound, Simple};
+use response::{Body, ForCaller, Parsed, Step};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,11 +82,13 @@ struct Caller<'s> {
     keepalive: bool,
 }
 
-/// One upstream attempt's connection, with the response head at the start of `buf`.
+/// One upstream attempt's connection, with the response head at the start of `buf`, and the
+/// caller's head for it in `out`.
 struct Answer {
     stream: Stream,
     buf: BytesMut,
     head: response::Head,
+    out: Vec<u8>,
 }
 
 impl Gateway {
@@ -100,7 +102,7 @@ impl Gateway {
         shutting_down: bool,
     ) -> Served {
         let head = buf.split_to(head_len).freeze();
-        let mut lines = [httparse::EMPTY_HEADER; MAX_LINES];
+        let mut lines = request::line_slots();
         let simple = request::parse(&head, &mut lines).filter(|r| {
             let length = r.length.unwrap_or(0);
             length <= FAST_BODY && length <= self.max_body_bytes
@@ -259,9 +261,15 @@ impl Gateway {
         let mut bytes = Vec::with_capacity(512 + wire.body.len());
         wire.write(self, &token, &mut bytes);
         let mut history = History::default();
+        let date = get_cached_date();
+        let for_caller = ForCaller {
+            request_id: wire.request_id,
+            date: date.as_bytes(),
+            keepalive: caller.keepalive,
+        };
         loop {
             let result = self
-                .fast_attempt(&peer, &bytes, history.retried)
+                .fast_attempt(&peer, &bytes, history.retried, &for_caller)
                 .await
                 .map(|a| {
                     let status = StatusCode::from_u16(a.head.status);
@@ -314,12 +322,14 @@ impl Gateway {
     }
 
     /// One attempt: a connection (pooled, or new when `fresh`), the request, and the final
-    /// response head.
+    /// response head, all within `upstream.read_timeout_ms`; the caller's head is built as the
+    /// response head is parsed.
     async fn fast_attempt(
         &self,
         peer: &HttpPeer,
         bytes: &[u8],
         fresh: bool,
+        caller: &ForCaller<'_>,
     ) -> Result<Answer, Failure> {
         let (mut stream, reused) =
             self.upstreams
@@ -329,54 +339,29 @@ impl Gateway {
                     error,
                     reused: false,
                 })?;
-        // Before any response byte, a failure on a pooled connection may be retried.
-        let early = |mut error: Box<Error>| {
-            error.retry = pingora::RetryType::ReusedOnly;
-            Failure::Upstream { error, reused }
-        };
-        let write = async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout(self.read_timeout, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(early(Error::because(WriteError, "writing the request", e))),
-            Err(_) => return Err(timed_out(WriteTimedout, reused)),
-        }
         let mut buf = BytesMut::with_capacity(READ_BUF);
-        loop {
-            match tokio::time::timeout(self.read_timeout, stream.read_buf(&mut buf)).await {
-                Err(_) => return Err(timed_out(ReadTimedout, reused)),
-                Ok(Err(e)) if buf.is_empty() => {
-                    return Err(early(Error::because(ReadError, "reading the response", e)))
+        let mut out = Vec::new();
+        let exchange = exchange_head(&mut stream, bytes, &mut buf, caller, &mut out);
+        let head = match tokio::time::timeout(self.read_timeout, exchange).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(mut error)) => {
+                // Before any response byte, a failure on a pooled connection may be retried.
+                if buf.is_empty() && error.etype() != &InvalidHTTPHeader {
+                    error.retry = pingora::RetryType::ReusedOnly;
                 }
-                Ok(Err(e)) => {
-                    let error = Error::because(ReadError, "reading the response head", e);
-                    return Err(Failure::Upstream { error, reused });
-                }
-                Ok(Ok(0)) if buf.is_empty() => {
-                    let e = Error::explain(ConnectionClosed, "closed before the response");
-                    return Err(early(e));
-                }
-                Ok(Ok(0)) => {
-                    let error = Error::explain(ConnectionClosed, "closed mid-head");
-                    return Err(Failure::Upstream { error, reused });
-                }
-                Ok(Ok(_)) => {}
+                return Err(Failure::Upstream { error, reused });
             }
-            loop {
-                match response::parse_head(&buf) {
-                    Ok(Parsed::Partial) => break,
-                    Ok(Parsed::Informational(len)) => buf.advance(len),
-                    Ok(Parsed::Final(head)) => return Ok(Answer { stream, buf, head }),
-                    Err(why) => {
-                        let error = Error::explain(InvalidHTTPHeader, why);
-                        return Err(Failure::Upstream { error, reused });
-                    }
-                }
+            Err(_) => {
+                let error = Error::explain(ReadTimedout, "the upstream did not answer in time");
+                return Err(Failure::Upstream { error, reused });
             }
-            buf.reserve(READ_BUF);
-        }
+        };
+        Ok(Answer {
+            stream,
+            buf,
+            head,
+            out,
+        })
     }
 
     /// Streams the answer to the caller; the status written.
@@ -391,20 +376,10 @@ impl Gateway {
             mut stream,
             mut buf,
             head,
+            mut out,
         } = answer;
         ctx.upstream_status = Some(head.status);
-        if head.framing == Framing::UntilClose {
-            caller.keepalive = false;
-        }
-        let mut out = Vec::with_capacity(buf.len() + 256);
-        let date = get_cached_date();
-        response::caller_head(
-            &buf[..head.len],
-            ctx.request_id.as_bytes(),
-            date.as_bytes(),
-            caller.keepalive,
-            &mut out,
-        );
+        caller.keepalive = head.keepalive;
         buf.advance(head.len);
         let mut body = Body::new(head.framing);
         let broken = |ctx: &mut RequestCtx, why: &str| {
@@ -462,6 +437,7 @@ impl Gateway {
             mut stream,
             mut buf,
             head,
+            ..
         } = answer;
         buf.advance(head.len);
         let mut body = Body::new(head.framing);
@@ -535,17 +511,47 @@ impl Gateway {
     }
 }
 
+/// Writes the request and reads the final response head into `buf` (the caller's head for it
+/// into `out`).
+async fn exchange_head(
+    stream: &mut Stream,
+    bytes: &[u8],
+    buf: &mut BytesMut,
+    caller: &ForCaller<'_>,
+    out: &mut Vec<u8>,
+) -> Result<response::Head, Box<Error>> {
+    stream
+        .write_all(bytes)
+        .await
+        .or_err(WriteError, "writing the request")?;
+    stream
+        .flush()
+        .await
+        .or_err(WriteError, "writing the request")?;
+    loop {
+        let n = stream
+            .read_buf(buf)
+            .await
+            .or_err(ReadError, "reading the response head")?;
+        if n == 0 {
+            return Error::e_explain(ConnectionClosed, "the upstream closed before answering");
+        }
+        loop {
+            match response::parse_head(buf, caller, out) {
+                Ok(Parsed::Partial) => break,
+                Ok(Parsed::Informational(len)) => buf.advance(len),
+                Ok(Parsed::Final(head)) => return Ok(head),
+                Err(why) => return Error::e_explain(InvalidHTTPHeader, why),
+            }
+        }
+        buf.reserve(READ_BUF);
+    }
+}
+
 /// Writes and flushes `bytes` to the caller.
 async fn send(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
-}
-
-fn timed_out(what: ErrorType, reused: bool) -> Failure {
-    Failure::Upstream {
-        error: Error::explain(what, "the upstream did not answer in time"),
-        reused,
-    }
 }
 
 /// What every attempt of one request writes upstream, but the token.

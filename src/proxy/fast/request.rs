@@ -17,6 +17,7 @@
 
 use super::lines::Lines;
 use http::Method;
+use std::mem::MaybeUninit;
 
 /// Header lines the fast path parses; a request with more goes to the slow path.
 pub const MAX_LINES: usize = 64;
@@ -79,17 +80,21 @@ const SLOW_HEADERS: [&[u8]; 7] = [
     b"http2-settings",
 ];
 
+/// Room for the header lines of one head (not zeroed: httparse fills what it parses).
+pub type LineSlots<'a> = [MaybeUninit<httparse::Header<'a>>; MAX_LINES];
+
+pub fn line_slots<'a>() -> LineSlots<'a> {
+    [const { MaybeUninit::uninit() }; MAX_LINES]
+}
+
 /// The request in `head` (exactly one head, through its empty line) if it has the fast path's
 /// shape (see the module text); `lines` holds its header lines.
-pub fn parse<'a>(
-    head: &'a [u8],
-    lines: &'a mut [httparse::Header<'a>; MAX_LINES],
-) -> Option<Simple<'a>> {
+pub fn parse<'a>(head: &'a [u8], lines: &'a mut LineSlots<'a>) -> Option<Simple<'a>> {
     if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
         return None;
     }
-    let mut req = httparse::Request::new(lines);
-    match req.parse(head) {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, lines) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         _ => return None,
     }
@@ -213,7 +218,7 @@ mod tests {
     use super::*;
 
     fn simple(head: &[u8]) -> bool {
-        let mut lines = [httparse::EMPTY_HEADER; MAX_LINES];
+        let mut lines = line_slots();
         parse(head, &mut lines).is_some()
     }
 

@@ -10,7 +10,6 @@
 //! does.
 
 use super::lines::Lines;
-use super::request::MAX_LINES;
 use crate::proxy::headers::REQUEST_ID;
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -41,6 +40,8 @@ pub struct Head {
     pub framing: Framing,
     /// The upstream allows another request on the connection.
     pub reusable: bool,
+    /// The caller's head says `Connection: keep-alive`.
+    pub keepalive: bool,
 }
 
 /// What the upstream sent: a final head, an informational one to skip (`len`), or not enough.
@@ -54,11 +55,26 @@ fn malformed(why: &'static str) -> &'static str {
     why
 }
 
-/// Reads the response head at the start of `buf`.
-pub fn parse_head(buf: &[u8]) -> Result<Parsed, &'static str> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_LINES];
-    let mut resp = httparse::Response::new(&mut lines);
-    let len = match resp.parse(buf) {
+/// What the caller's head carries besides the upstream's lines.
+pub struct ForCaller<'a> {
+    pub request_id: &'a [u8],
+    pub date: &'a [u8],
+    /// The caller's connection carries on (unless the body is framed by the close).
+    pub keepalive: bool,
+}
+
+/// Reads the response head at the start of `buf`; for a final head, the caller's head is
+/// appended to `out` ([`caller_head`]).
+pub fn parse_head(
+    buf: &[u8],
+    caller: &ForCaller<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Parsed, &'static str> {
+    let mut slots = super::request::line_slots();
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(malformed("the response head is too large"))
@@ -80,11 +96,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, &'static str> {
                 .split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
     });
+    let keepalive = caller.keepalive && framing != Framing::UntilClose;
+    caller_head(&resp, caller, keepalive, out);
     Ok(Parsed::Final(Head {
         status,
         len,
         framing,
         reusable: resp.version == Some(1) && !close && framing != Framing::UntilClose,
+        keepalive,
     }))
 }
 
@@ -131,15 +150,15 @@ const HOP_BY_HOP: [&[u8]; 5] = [
     b"trailer",
 ];
 
-/// The caller's response head for the upstream head at the start of `buf` (already parsed by
-/// [`parse_head`]), appended to `out`: the edits of `headers::strip_hop_by_hop`, the request
-/// id unless the upstream sent one, then `Date` and `Connection` as pingora's session sets
-/// them.
-pub fn caller_head(buf: &[u8], request_id: &[u8], date: &[u8], keepalive: bool, out: &mut Vec<u8>) {
-    let mut parsed = [httparse::EMPTY_HEADER; MAX_LINES];
-    let mut resp = httparse::Response::new(&mut parsed);
-    // Parsed before: cannot fail.
-    let _ = resp.parse(buf);
+/// The caller's response head for the upstream's `resp`, appended to `out`: the edits of
+/// `headers::strip_hop_by_hop`, the request id unless the upstream sent one, then `Date` and
+/// `Connection` as pingora's session sets them.
+fn caller_head(
+    resp: &httparse::Response<'_, '_>,
+    caller: &ForCaller<'_>,
+    keepalive: bool,
+    out: &mut Vec<u8>,
+) {
     let mut lines = Lines::with_capacity(resp.headers.len() + 3);
     for h in resp.headers.iter() {
         lines.append(h.name.as_bytes(), h.value);
@@ -179,9 +198,9 @@ pub fn caller_head(buf: &[u8], request_id: &[u8], date: &[u8], keepalive: bool, 
     }
     lines.remove(b"upgrade");
     if !lines.contains(REQUEST_ID.as_str().as_bytes()) {
-        lines.insert(b"x-request-id", request_id);
+        lines.insert(b"x-request-id", caller.request_id);
     }
-    lines.insert(b"Date", date);
+    lines.insert(b"Date", caller.date);
     lines.insert(
         b"Connection",
         if keepalive { b"keep-alive" } else { b"close" },
@@ -434,7 +453,18 @@ mod tests {
 
     #[test]
     fn framing_is_unambiguous_or_refused() {
-        let head = |h: &str| parse_head(format!("HTTP/1.1 200 OK\r\n{h}\r\n").as_bytes());
+        let head = |h: &str| {
+            let caller = ForCaller {
+                request_id: b"r",
+                date: b"d",
+                keepalive: true,
+            };
+            parse_head(
+                format!("HTTP/1.1 200 OK\r\n{h}\r\n").as_bytes(),
+                &caller,
+                &mut Vec::new(),
+            )
+        };
         let framing = |h: &str| match head(h) {
             Ok(Parsed::Final(f)) => Ok(f.framing),
             Ok(_) => panic!("not final"),
@@ -459,18 +489,25 @@ mod tests {
         ] {
             assert!(framing(bad).is_err(), "{bad}");
         }
+        let caller = ForCaller {
+            request_id: b"r",
+            date: b"d",
+            keepalive: true,
+        };
+        let hints = b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 200";
         assert!(matches!(
-            parse_head(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 200"),
+            parse_head(hints, &caller, &mut Vec::new()),
             Ok(Parsed::Informational(37))
         ));
-        assert!(parse_head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
+        let switching = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        assert!(parse_head(switching, &caller, &mut Vec::new()).is_err());
     }
 
     /// The caller's head as the slow path writes it: pingora's parse of the upstream head,
     /// `strip_hop_by_hop`, the request id, then `Date` and `Connection`.
     fn slow_caller_head(upstream: &[u8], keepalive: bool) -> String {
         use pingora::http::ResponseHeader;
-        let mut parsed = [httparse::EMPTY_HEADER; MAX_LINES];
+        let mut parsed = [httparse::EMPTY_HEADER; super::super::request::MAX_LINES];
         let mut resp = httparse::Response::new(&mut parsed);
         resp.parse(upstream).unwrap();
         let mut head = ResponseHeader::build(resp.code.unwrap(), None).unwrap();
@@ -504,7 +541,15 @@ mod tests {
             (b"HTTP/1.1 201 Created\r\nSet-Cookie: a\r\nVary: x\r\nset-cookie: b\r\nConnection: keep-alive, Content-Length, vary\r\nContent-Length: 0\r\n\r\n", true),
         ] {
             let mut out = Vec::new();
-            caller_head(upstream, b"rid", b"D", keepalive, &mut out);
+            let caller = ForCaller {
+                request_id: b"rid",
+                date: b"D",
+                keepalive,
+            };
+            assert!(matches!(
+                parse_head(upstream, &caller, &mut out),
+                Ok(Parsed::Final(_))
+            ));
             assert_eq!(String::from_utf8(out).unwrap(), slow_caller_head(upstream, keepalive));
         }
     }
