@@ -233,9 +233,9 @@ pub fn fast_path(data: &[u8]) {
             assert_eq!((&id, &fast_id), (theirs, theirs), "the caller's request id");
         }
     }
-    let testmode = data.len() % 2 == 1;
+    let testmode = !data.len().is_multiple_of(2);
     // The defaults rewrite only a body that has a length (`Defaults::plan_head`).
-    let rewritten = data.len() % 3 == 0 && simple.length.is_some_and(|n| n > 0);
+    let rewritten = data.len().is_multiple_of(3) && simple.length.is_some_and(|n| n > 0);
 
     let mut slow = req.clone();
     let bearer = HeaderValue::from_static(BEARER);
