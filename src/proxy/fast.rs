@@ -47,6 +47,7 @@ use http::{StatusCode, Uri};
 use pingora::prelude::*;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::Stream;
+use pingora::upstreams::peer::Peer;
 use pingora::ErrorType::{
     ConnectionClosed, InvalidHTTPHeader, ReadError, ReadTimedout, WriteError,
 };
@@ -258,6 +259,7 @@ impl Gateway {
             Err(f) => return self.fast_fail(caller, ctx, f).await,
         };
         ctx.upstream_started = Some(Instant::now());
+        let key = peer.reuse_hash();
         let mut bytes = Vec::with_capacity(512 + wire.body.len());
         wire.write(self, &token, &mut bytes);
         let mut history = History::default();
@@ -269,7 +271,7 @@ impl Gateway {
         };
         loop {
             let result = self
-                .fast_attempt(&peer, &bytes, history.retried, &for_caller)
+                .fast_attempt(&peer, key, &bytes, history.retried, &for_caller)
                 .await
                 .map(|a| {
                     let status = StatusCode::from_u16(a.head.status);
@@ -293,7 +295,7 @@ impl Gateway {
                 }
                 (Next::Replay401, Ok(answer)) => match self.tokens.get(merchant).await {
                     Ok(fresh) => {
-                        self.fast_discard(answer, &peer).await;
+                        self.fast_discard(answer, key).await;
                         token = fresh;
                         bytes.clear();
                         wire.write(self, &token, &mut bytes);
@@ -308,7 +310,7 @@ impl Gateway {
                     if let Next::Stream { replay } = next {
                         ctx.replay_outcome = replay;
                     }
-                    return self.relay(caller, ctx, answer, &peer).await;
+                    return self.relay(caller, ctx, answer, key).await;
                 }
                 (_, Err(error)) => {
                     let f = Failure::Upstream {
@@ -327,13 +329,14 @@ impl Gateway {
     async fn fast_attempt(
         &self,
         peer: &HttpPeer,
+        key: u64,
         bytes: &[u8],
         fresh: bool,
         caller: &ForCaller<'_>,
     ) -> Result<Answer, Failure> {
         let (mut stream, reused) =
             self.upstreams
-                .stream(peer, fresh)
+                .stream(peer, key, fresh)
                 .await
                 .map_err(|error| Failure::Upstream {
                     error,
@@ -364,13 +367,14 @@ impl Gateway {
         })
     }
 
-    /// Streams the answer to the caller; the status written.
+    /// Streams the answer to the caller (its connection pooled again under `key`); the status
+    /// written.
     async fn relay(
         &self,
         caller: &mut Caller<'_>,
         ctx: &mut RequestCtx,
         answer: Answer,
-        peer: &HttpPeer,
+        key: u64,
     ) -> u16 {
         let Answer {
             mut stream,
@@ -426,13 +430,13 @@ impl Gateway {
             return head.status;
         }
         if head.reusable && buf.is_empty() {
-            self.upstreams.release_stream(stream, peer);
+            self.upstreams.release_stream(stream, key);
         }
         head.status
     }
 
     /// Drops a 401 answer before the replay, pooling its connection when its body is small.
-    async fn fast_discard(&self, answer: Answer, peer: &HttpPeer) {
+    async fn fast_discard(&self, answer: Answer, key: u64) {
         let Answer {
             mut stream,
             mut buf,
@@ -464,7 +468,7 @@ impl Gateway {
             }
         }
         if head.reusable && buf.is_empty() {
-            self.upstreams.release_stream(stream, peer);
+            self.upstreams.release_stream(stream, key);
         }
     }
 

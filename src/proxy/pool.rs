@@ -63,21 +63,22 @@ impl Upstreams {
         Ok(session(stream, peer))
     }
 
-    /// The fast path's connection (no pingora client session on it): an idle pooled one when
-    /// there is a live one, else (or when `fresh`) a new one; `true` when pooled.
-    pub async fn stream(&self, peer: &HttpPeer, fresh: bool) -> Result<(Stream, bool)> {
+    /// The fast path's connection (no pingora client session on it): an idle pooled one to
+    /// `peer` (whose `reuse_hash` is `key`) when there is a live one, else (or when `fresh`) a
+    /// new one; `true` when pooled.
+    pub async fn stream(&self, peer: &HttpPeer, key: u64, fresh: bool) -> Result<(Stream, bool)> {
         if !fresh {
-            if let Some(stream) = self.idle.take(peer.reuse_hash()) {
+            if let Some(stream) = self.idle.take(key) {
                 return Ok((stream, true));
             }
         }
         Ok((self.transport.new_stream(peer).await?, false))
     }
 
-    /// Pools a fast-path connection whose exchange completed and whose upstream allows
-    /// another request on it.
-    pub fn release_stream(&self, stream: Stream, peer: &HttpPeer) {
-        self.idle.put(peer.reuse_hash(), stream);
+    /// Pools a fast-path connection (to the peer whose `reuse_hash` is `key`) whose exchange
+    /// completed and whose upstream allows another request on it.
+    pub fn release_stream(&self, stream: Stream, key: u64) {
+        self.idle.put(key, stream);
     }
 
     /// Pools the connection of a completed exchange when both sides allow keep-alive;
