@@ -343,7 +343,7 @@ impl Gateway {
                     reused: false,
                 })?;
         let mut buf = BytesMut::with_capacity(READ_BUF);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(1024);
         let exchange = exchange_head(&mut stream, bytes, &mut buf, caller, &mut out);
         let head = match tokio::time::timeout(self.read_timeout, exchange).await {
             Ok(Ok(head)) => head,

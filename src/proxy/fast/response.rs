@@ -12,10 +12,14 @@
 use super::lines::Lines;
 use crate::proxy::headers::REQUEST_ID;
 use bytes::{Buf, Bytes, BytesMut};
+use std::mem::MaybeUninit;
 
 /// Longest upstream response head accepted (pingora's bound for requests is 1 MiB; Mollie's
 /// heads are under 1 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Header lines of an upstream response head at most (more: 502).
+const MAX_RESPONSE_LINES: usize = 128;
 
 /// Longest chunk-size line, and most trailer bytes, accepted.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -70,7 +74,7 @@ pub fn parse_head(
     caller: &ForCaller<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Parsed, &'static str> {
-    let mut slots = super::request::line_slots();
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_RESPONSE_LINES];
     let mut resp = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
@@ -507,7 +511,7 @@ mod tests {
     /// `strip_hop_by_hop`, the request id, then `Date` and `Connection`.
     fn slow_caller_head(upstream: &[u8], keepalive: bool) -> String {
         use pingora::http::ResponseHeader;
-        let mut parsed = [httparse::EMPTY_HEADER; super::super::request::MAX_LINES];
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_RESPONSE_LINES];
         let mut resp = httparse::Response::new(&mut parsed);
         resp.parse(upstream).unwrap();
         let mut head = ResponseHeader::build(resp.code.unwrap(), None).unwrap();
