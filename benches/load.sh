@@ -12,7 +12,8 @@
 # Knobs (environment): ROUNDS=5 DURATION=10 (s per wrk run) CONNS="64 1" MERCHANTS=1000
 # WARMUP=3 LOGS=on|off (access logs of both proxies) DUMMY_KEY=live_… (test_… makes the
 # gateway add testmode=true) STORM_N=1,100,1000 TOKEN_DELAY_MS=50 SCALE_MERCHANTS=100000
-# SCALE_ROUNDS=3 CLIENTS=on (a [clients] entry for DUMMY_KEY: caller keys checked)
+# SCALE_ROUNDS=3 STORM_THREADS=2 (worker threads of the gateway in `storm`; with more than 1 the
+# gateway and the upstream may use every CPU, STORM_CPUS="0,1") CLIENTS=on (a [clients] entry for DUMMY_KEY: caller keys checked)
 # REPLICAS=3 REPLICA_MERCHANTS=20 REPLICA_LIFETIME=4 (s) REPLICA_CONNS=48 KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
 # the gateway process, e.g. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 to try an allocator).
 # BASELINE=/path/to/another/mollie-gateway (ab only): that build runs too, as target `baseline`,
@@ -133,10 +134,10 @@ EOF
   fi
 }
 
-# Starts the gateway of directory $1 (pinned, 1 worker thread; binary $2, default $BIN);
-# sets GW_PID.
+# Starts the gateway of directory $1 (pinned, GW_THREADS worker threads, default 1; binary $2,
+# default $BIN); sets GW_PID.
 start_gateway() {
-  env MOLLIE_GATEWAY__SERVER__THREADS=1 ${GATEWAY_ENV:-} taskset -c "$SERVER_CPU" "${2:-$BIN}" \
+  env MOLLIE_GATEWAY__SERVER__THREADS="${GW_THREADS:-1}" ${GATEWAY_ENV:-} taskset -c "${GW_CPUS:-$SERVER_CPU}" "${2:-$BIN}" \
     --config "$1/gateway.toml" run 2>>"$1/gateway.log" &
   GW_PID=$!; PIDS+=("$GW_PID")
   wait_http "$GWA" /readyz
@@ -282,12 +283,14 @@ summarize() {
 }
 
 storm() {
-  start_upstream "$TOKEN_DELAY_MS"
+  local threads=${STORM_THREADS:-2} cpus=$SERVER_CPU
+  [ "$threads" -gt 1 ] && cpus=${STORM_CPUS:-0-$(( $(nproc) - 1 ))}
+  SERVER_CPU=$cpus start_upstream "$TOKEN_DELAY_MS"
   mkdir -p "$WORK/gw"
   BACKGROUND_REFRESH=false gateway_config "$WORK/gw"
   "$KIT" store --merchants 0 --storm 1 --out "$WORK/gw/credentials.json"
-  start_gateway "$WORK/gw"
-  echo "Refresh storm: token endpoint latency ${TOKEN_DELAY_MS} ms, storm token lifetime 2 s (usable 1.5 s), gateway 1 thread:"
+  GW_THREADS=$threads GW_CPUS=$cpus start_gateway "$WORK/gw"
+  echo "Refresh storm: token endpoint latency ${TOKEN_DELAY_MS} ms, storm token lifetime 2 s (usable 1.5 s), gateway $threads thread(s) on CPUs $cpus, client on CPU $WRK_CPU:"
   echo
   taskset -c "$WRK_CPU" "$STORM" --gateway "127.0.0.1:$GW" --stats "127.0.0.1:$TOK" --n "$STORM_N"
 }

@@ -6,7 +6,8 @@
 //! by default: usable for 1.5 s), then all N requests at once. Reported: token endpoint calls
 //! during the storm (must be 1), statuses, p50/p99/max latency, the token endpoint's own
 //! latency, and the same N again on the now-cached token (the cost of N concurrent requests
-//! without any refresh, the baseline in the same run).
+//! without any refresh, the baseline in the same run), and the CPU this client spent during
+//! the storm burst (it shares the machine with the gateway: its own part of the latency).
 //!
 //! ```sh
 //! cargo run --release --example bench_storm -- --gateway 127.0.0.1:8080 --stats 127.0.0.1:18082 --n 1,100,1000
@@ -42,8 +43,8 @@ async fn main() {
         "GET /v2/methods?m={merchant} HTTP/1.1\r\nHost: gateway\r\nX-Merchant-Id: {merchant}\r\n\
          Authorization: Bearer live_gatewaygatewaygatewaygatewayga\r\nConnection: close\r\n\r\n"
     );
-    println!("| N | token calls | 2xx | p50 ms | p99 ms | max ms | token endpoint ms | p99 − token ms | same N, cached token: p50 / p99 ms |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| N | token calls | 2xx | p50 ms | p99 ms | max ms | token endpoint ms | p99 − token ms | same N, cached token: p50 / p99 ms | client CPU ms in the storm |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for n in ns {
         let status = one(&gateway, &request).await;
         assert_eq!(status, 200, "priming request failed: is the gateway up?");
@@ -51,12 +52,14 @@ async fn main() {
         let conns = connect(&gateway, n).await;
         tokio::time::sleep_until((primed + expire_wait).into()).await;
         let before = token_stats(&stats).await;
+        let cpu0 = client_cpu_ms();
         let storm = burst(conns, &request).await;
+        let client_ms = client_cpu_ms() - cpu0;
         let after = token_stats(&stats).await;
         let warm = burst(connect(&gateway, n).await, &request).await;
         let token_ms = after.1 as f64 / 1000.0;
         println!(
-            "| {n} | {} | {} | {:.1} | {:.1} | {:.1} | {token_ms:.1} | {:.1} | {:.1} / {:.1} |",
+            "| {n} | {} | {} | {:.1} | {:.1} | {:.1} | {token_ms:.1} | {:.1} | {:.1} / {:.1} | {client_ms:.1} |",
             after.0 - before.0,
             storm.ok,
             storm.pct(0.50),
@@ -67,6 +70,13 @@ async fn main() {
             warm.pct(0.99),
         );
     }
+}
+
+/// CPU time this process has used, in ms.
+fn client_cpu_ms() -> f64 {
+    use nix::time::{clock_gettime, ClockId};
+    let t = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).expect("process CPU clock");
+    t.tv_sec() as f64 * 1000.0 + t.tv_nsec() as f64 / 1e6
 }
 
 /// Latencies (ms, sorted) and the number of 2xx answers of one burst.

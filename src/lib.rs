@@ -41,6 +41,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod oauth;
 pub mod proxy;

@@ -260,6 +260,8 @@ impl TokenManager {
             }
         }
         self.inner.loaded.store(true, Ordering::Relaxed);
+        // What the load freed (the store's copies of every merchant) goes back to the OS.
+        crate::memory::release_freed();
         self.inner
             .metrics
             .merchants

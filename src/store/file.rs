@@ -340,7 +340,10 @@ impl CredentialStore for Arc<FileStore> {
     async fn load_all(&self) -> Result<Vec<(MerchantId, StoredMerchant)>, StoreError> {
         blocking(self, |s| {
             let map = s.refresh_cache()?;
-            Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            let all = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            // The file's bytes and its parse were freed on this (blocking-pool) thread.
+            crate::memory::release_freed();
+            Ok(all)
         })
         .await
     }
