@@ -184,6 +184,16 @@ impl Slot {
     }
 }
 
+/// What [`TokenManager::get`] will do for a merchant, as far as the cache tells without waiting.
+pub enum Lookup {
+    /// The token is fresh: here it is (a cache hit, counted).
+    Fresh(Arc<CachedToken>),
+    /// A known merchant whose token needs a refresh (or one is running): `get` will wait.
+    Refresh,
+    /// Anything else: the merchant is not cached, is revoked or in backoff.
+    Other,
+}
+
 /// What a caller of [`TokenManager::get`] got or waits for.
 enum Step {
     Ready(Arc<CachedToken>),
@@ -308,6 +318,20 @@ impl TokenManager {
         drop(slot);
         self.inner.metrics.token_cache_hits.inc();
         Some(token)
+    }
+
+    /// Whether [`get`](Self::get) has the merchant's token at hand, will wait for a refresh of a
+    /// known merchant, or decides otherwise (a store read, a revoked merchant, a backoff): the
+    /// proxy opens an upstream connection while a refresh runs, and only then.
+    pub fn lookup(&self, merchant: &MerchantId) -> Lookup {
+        if let Some(token) = self.cached(merchant) {
+            return Lookup::Fresh(token);
+        }
+        let now = Instant::now();
+        match self.inner.slots.get(merchant) {
+            Some(slot) if !slot.revoked && !slot.in_backoff(now) => Lookup::Refresh,
+            _ => Lookup::Other,
+        }
     }
 
     async fn get_slow(&self, merchant: &MerchantId) -> RefreshResult {

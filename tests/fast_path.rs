@@ -8,7 +8,7 @@
 mod support;
 
 use std::time::Duration;
-use support::fake_mollie::FakeMollie;
+use support::fake_mollie::{FakeMollie, TokenMode};
 use support::raw::{bearer, gateway, Caller, RawRequest, RawUpstream, Reply};
 use support::{Gateway, GatewayBuilder};
 
@@ -332,5 +332,69 @@ async fn other_request_shapes_are_served_by_the_slow_path() {
         gw.metric(r#"mollie_gateway_http1_requests_total{path="fast"}"#)
             .await,
         0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_connection_is_opened_while_the_token_is_refreshed() {
+    let fake = FakeMollie::start().await;
+    let up = RawUpstream::echo().await;
+    let gw = gateway(&fake, &up, &[]);
+    // The gateway starts with no access token: the first request waits for a refresh.
+    fake.set_token_delay(Duration::from_secs(3));
+    let calls = fake.token_calls();
+    let mut caller = Caller::connect(&gw.listen).await;
+    caller
+        .send("GET /v2/methods HTTP/1.1\r\nHost: g\r\nX-Merchant-Id: m1\r\n\r\n")
+        .await
+        .unwrap();
+    // Long before the token endpoint answers, the connection is open, nothing sent on it yet
+    // (the request is written with the token).
+    let opened = up
+        .wait_until(Duration::from_millis(1500), |c| !c.is_empty())
+        .await;
+    assert!(opened, "no upstream connection during the refresh");
+    assert!(up.conn(0).bytes.is_empty(), "{:?}", up.conns());
+    let answer = caller.try_response(false, STEP).await.unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["authorization"], bearer(&fake, "m1"));
+    assert_eq!(fake.token_calls() - calls, 1);
+    // The request went on that connection.
+    assert_eq!(up.connections(), 1, "{:?}", up.conns());
+    assert_eq!(up.conn(0).requests.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opened_for_a_refresh_that_fails_is_pooled_unused() {
+    let fake = FakeMollie::start().await;
+    let up = RawUpstream::echo().await;
+    let gw = gateway(&fake, &up, &[]);
+    fake.set_token_mode(TokenMode::ServerError);
+    fake.set_token_delay(Duration::from_millis(300));
+    let mut caller = Caller::connect(&gw.listen).await;
+    caller
+        .send("GET /v2/methods HTTP/1.1\r\nHost: g\r\nX-Merchant-Id: m1\r\n\r\n")
+        .await
+        .unwrap();
+    let failed = caller.try_response(false, STEP).await.unwrap();
+    assert!(failed.status >= 500, "{failed:?}");
+    assert_eq!(up.connections(), 1, "{:?}", up.conns());
+    assert!(up.conn(0).bytes.is_empty(), "{:?}", up.conns());
+    // The next merchant's request (a refresh too) takes that connection from the pool.
+    fake.set_token_mode(TokenMode::Normal);
+    fake.set_token_delay(Duration::ZERO);
+    caller
+        .send("GET /v2/methods HTTP/1.1\r\nHost: g\r\nX-Merchant-Id: m2\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = caller.try_response(false, STEP).await.unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["authorization"], bearer(&fake, "m2"));
+    assert_eq!(up.connections(), 1, "{:?}", up.conns());
+    let conn = up.conn(0);
+    assert_eq!(conn.requests.len(), 1);
+    assert_eq!(
+        conn.requests[0].header("authorization"),
+        Some(&*bearer(&fake, "m2"))
     );
 }

@@ -40,7 +40,7 @@ use super::headers::{request_id_of, REQUEST_ID};
 use super::{Failure, Gateway, RequestCtx};
 use crate::error::{self, GatewayError};
 use crate::rewrite::with_query_testmode;
-use crate::tokens::CachedToken;
+use crate::tokens::{CachedToken, Lookup, TokenError};
 use crate::types::MerchantId;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{StatusCode, Uri};
@@ -81,6 +81,24 @@ struct Caller<'s> {
     buf: BytesMut,
     /// The connection carries another request after this one.
     keepalive: bool,
+}
+
+/// The upstream of one request: its peer, the peer's pool key, and a connection made ready
+/// before the first attempt ([`Gateway::token_and_connection`]); a connection the request did
+/// not use goes back to the pool.
+struct Early<'g> {
+    gateway: &'g Gateway,
+    peer: HttpPeer,
+    key: u64,
+    stream: Option<(Stream, bool)>,
+}
+
+impl Drop for Early<'_> {
+    fn drop(&mut self) {
+        if let Some((stream, _)) = self.stream.take() {
+            self.gateway.upstreams.release_stream(stream, self.key);
+        }
+    }
 }
 
 /// One upstream attempt's connection, with the response head at the start of `buf`, and the
@@ -167,7 +185,8 @@ impl Gateway {
             Err(e) => return self.answer(caller, ctx, e).await,
         };
         ctx.merchant = Some(merchant.clone());
-        let token = match self.tokens.get(&merchant).await {
+        let (token, early) = self.token_and_connection(&merchant).await;
+        let token = match token {
             Ok(token) => token,
             Err(e) => return self.answer(caller, ctx, e.to_gateway(&merchant)).await,
         };
@@ -211,8 +230,44 @@ impl Gateway {
             body: &body,
             request_id: request_id.as_bytes(),
         };
-        self.fast_exchange(caller, ctx, &merchant, token, &wire)
+        self.fast_exchange(caller, ctx, &merchant, token, &wire, early)
             .await
+    }
+
+    /// The merchant's token. When a refresh is to be waited for, an upstream connection is
+    /// made ready meanwhile (from the pool, or connected), so that a request on an expired
+    /// token waits for the slower of the two, not for both in turn: in a refresh storm the
+    /// connections of every waiting request are open when the token arrives.
+    async fn token_and_connection(
+        &self,
+        merchant: &MerchantId,
+    ) -> (Result<Arc<CachedToken>, TokenError>, Option<Early<'_>>) {
+        match self.tokens.lookup(merchant) {
+            Lookup::Fresh(token) => (Ok(token), None),
+            Lookup::Other => (self.tokens.get(merchant).await, None),
+            Lookup::Refresh => {
+                let Ok(peer) = self.peer() else {
+                    return (self.tokens.get(merchant).await, None);
+                };
+                let key = peer.reuse_hash();
+                let connect = async {
+                    match self.upstreams.stream(&peer, key, false).await {
+                        Ok(stream) => Some(stream),
+                        // Not an answer yet: the first attempt connects again, and fails
+                        // or retries as it would have.
+                        Err(_) => None,
+                    }
+                };
+                let (token, stream) = tokio::join!(self.tokens.get(merchant), connect);
+                let early = Early {
+                    gateway: self,
+                    peer,
+                    key,
+                    stream,
+                };
+                (token, Some(early))
+            }
+        }
     }
 
     /// Reads the request body of `length` bytes from the caller, within
@@ -253,13 +308,22 @@ impl Gateway {
         merchant: &MerchantId,
         mut token: Arc<CachedToken>,
         wire: &Wire<'_, '_>,
+        early: Option<Early<'_>>,
     ) -> u16 {
-        let peer = match self.peer() {
-            Ok(peer) => peer,
-            Err(f) => return self.fast_fail(caller, ctx, f).await,
+        let mut early = match early {
+            Some(early) => early,
+            None => match self.peer() {
+                Ok(peer) => Early {
+                    gateway: self,
+                    key: peer.reuse_hash(),
+                    peer,
+                    stream: None,
+                },
+                Err(f) => return self.fast_fail(caller, ctx, f).await,
+            },
         };
         ctx.upstream_started = Some(Instant::now());
-        let key = peer.reuse_hash();
+        let key = early.key;
         let mut bytes = Vec::with_capacity(512 + wire.body.len());
         wire.write(self, &token, &mut bytes);
         let mut history = History::default();
@@ -270,8 +334,21 @@ impl Gateway {
             keepalive: caller.keepalive,
         };
         loop {
+            // A pooled connection taken before a refresh is checked again: the upstream may
+            // have closed it while the token was fetched.
+            let ready = match early.stream.take() {
+                Some((mut stream, true)) if !super::pool::is_quiet(&mut stream) => None,
+                ready => ready,
+            };
             let result = self
-                .fast_attempt(&peer, key, &bytes, history.retried, &for_caller)
+                .fast_attempt(
+                    &early.peer,
+                    key,
+                    ready,
+                    &bytes,
+                    history.retried,
+                    &for_caller,
+                )
                 .await
                 .map(|a| {
                     let status = StatusCode::from_u16(a.head.status);
@@ -330,18 +407,22 @@ impl Gateway {
         &self,
         peer: &HttpPeer,
         key: u64,
+        ready: Option<(Stream, bool)>,
         bytes: &[u8],
         fresh: bool,
         caller: &ForCaller<'_>,
     ) -> Result<Answer, Failure> {
-        let (mut stream, reused) =
-            self.upstreams
+        let (mut stream, reused) = match ready {
+            Some(ready) => ready,
+            None => self
+                .upstreams
                 .stream(peer, key, fresh)
                 .await
                 .map_err(|error| Failure::Upstream {
                     error,
                     reused: false,
-                })?;
+                })?,
+        };
         let mut buf = BytesMut::with_capacity(READ_BUF);
         let mut out = Vec::with_capacity(1024);
         let exchange = exchange_head(&mut stream, bytes, &mut buf, caller, &mut out);

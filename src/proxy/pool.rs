@@ -236,7 +236,7 @@ fn spawn_sweeper(pool: Weak<IdlePool>, idle_timeout: Duration) {
 
 /// True when an idle connection has nothing to read and is not closed: a read that would
 /// block. Reads through the TLS layer, which consumes TLS 1.3 session tickets itself.
-fn is_quiet(stream: &mut Stream) -> bool {
+pub(super) fn is_quiet(stream: &mut Stream) -> bool {
     let mut buf = [0u8; 1];
     // `unconstrained`: tokio's budget could make a ready read look pending.
     tokio::task::unconstrained(stream.read(&mut buf))
