@@ -339,7 +339,7 @@ async fn other_request_shapes_are_served_by_the_slow_path() {
 async fn the_upstream_connection_is_opened_while_the_token_is_refreshed() {
     let fake = FakeMollie::start().await;
     let up = RawUpstream::echo().await;
-    let gw = gateway(&fake, &up, &[]);
+    let gw = gateway(&fake, &up, &[("OAUTH__TOKEN_TIMEOUT_MS", "5000")]);
     // The gateway starts with no access token: the first request waits for a refresh.
     fake.set_token_delay(Duration::from_secs(3));
     let calls = fake.token_calls();

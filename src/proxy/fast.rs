@@ -250,14 +250,9 @@ impl Gateway {
                     return (self.tokens.get(merchant).await, None);
                 };
                 let key = peer.reuse_hash();
-                let connect = async {
-                    match self.upstreams.stream(&peer, key, false).await {
-                        Ok(stream) => Some(stream),
-                        // Not an answer yet: the first attempt connects again, and fails
-                        // or retries as it would have.
-                        Err(_) => None,
-                    }
-                };
+                // A failure is not an answer yet: the first attempt connects again, and fails
+                // or retries as it would have.
+                let connect = async { self.upstreams.stream(&peer, key, false).await.ok() };
                 let (token, stream) = tokio::join!(self.tokens.get(merchant), connect);
                 let early = Early {
                     gateway: self,
@@ -337,7 +332,9 @@ impl Gateway {
             // A pooled connection taken before a refresh is checked again: the upstream may
             // have closed it while the token was fetched.
             let ready = match early.stream.take() {
-                Some((mut stream, true)) if !super::pool::is_quiet(&mut stream) => None,
+                Some((mut stream, true)) => {
+                    super::pool::is_quiet(&mut stream).then_some((stream, true))
+                }
                 ready => ready,
             };
             let result = self
