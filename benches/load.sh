@@ -16,7 +16,7 @@
 # gateway and the upstream may use every CPU, STORM_CPUS="0,1") CLIENTS=on (a [clients] entry for DUMMY_KEY: caller keys checked)
 # REPLICAS=3 REPLICA_MERCHANTS=20 REPLICA_LIFETIME=4 (s) REPLICA_CONNS=48 KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
 # the gateway process, e.g. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 to try an allocator).
-# BASELINE=/path/to/another/mollie-gateway (ab only): that build runs too, as target `baseline`,
+# BASELINE=/path/to/another/mollie-gateway (ab, storm): that build runs too, as target `baseline`,
 # interleaved with the others, so a change is measured against its predecessor in one run.
 # Several: BASELINE="name1=/path/one name2=/path/two" (targets name1, name2; ratios to each).
 # wrk runs on CPU 0; the upstream and the proxy under test share CPU 1 (WRK_CPU, SERVER_CPU).
@@ -286,13 +286,21 @@ storm() {
   local threads=${STORM_THREADS:-2} cpus=$SERVER_CPU
   [ "$threads" -gt 1 ] && cpus=${STORM_CPUS:-0-$(( $(nproc) - 1 ))}
   SERVER_CPU=$cpus start_upstream "$TOKEN_DELAY_MS"
-  mkdir -p "$WORK/gw"
-  BACKGROUND_REFRESH=false gateway_config "$WORK/gw"
-  "$KIT" store --merchants 0 --storm 1 --out "$WORK/gw/credentials.json"
-  GW_THREADS=$threads GW_CPUS=$cpus start_gateway "$WORK/gw"
   echo "Refresh storm: token endpoint latency ${TOKEN_DELAY_MS} ms, storm token lifetime 2 s (usable 1.5 s), gateway $threads thread(s) on CPUs $cpus, client on CPU $WRK_CPU:"
-  echo
-  taskset -c "$WRK_CPU" "$STORM" --gateway "127.0.0.1:$GW" --stats "127.0.0.1:$TOK" --n "$STORM_N"
+  # The build under test, then each BASELINE build, one after the other on the same upstream.
+  local entry name path
+  for entry in "gateway=$BIN" ${BASELINE:-}; do
+    case $entry in *=*) name=${entry%%=*} path=${entry#*=} ;; *) name=baseline path=$entry ;; esac
+    mkdir -p "$WORK/storm-$name"
+    BACKGROUND_REFRESH=false gateway_config "$WORK/storm-$name"
+    "$KIT" store --merchants 0 --storm 1 --out "$WORK/storm-$name/credentials.json"
+    GW_THREADS=$threads GW_CPUS=$cpus start_gateway "$WORK/storm-$name" "$path"
+    echo
+    echo "$name ($path):"
+    echo
+    taskset -c "$WRK_CPU" "$STORM" --gateway "127.0.0.1:$GW" --stats "127.0.0.1:$TOK" --n "$STORM_N"
+    stop "$GW_PID"
+  done
 }
 
 # Starts a gateway on the store in $1; sets STARTUP_MS (spawn → /readyz 200) and RSS.
