@@ -84,8 +84,8 @@ struct Caller<'s> {
 }
 
 /// The upstream of one request: its peer, the peer's pool key, and a connection made ready
-/// before the first attempt ([`Gateway::token_and_connection`]); a connection the request did
-/// not use goes back to the pool.
+/// before the first attempt ([`Gateway::token_and_connection`]), with whether it came from
+/// the pool.
 struct Early<'g> {
     gateway: &'g Gateway,
     peer: HttpPeer,
@@ -94,8 +94,11 @@ struct Early<'g> {
 }
 
 impl Drop for Early<'_> {
+    /// A new connection the request did not use goes to the pool. One taken from the pool is
+    /// closed instead: it has been idle since its first release for longer than the pool
+    /// knows, and would restart its idle time there.
     fn drop(&mut self) {
-        if let Some((stream, _)) = self.stream.take() {
+        if let Some((stream, false)) = self.stream.take() {
             self.gateway.upstreams.release_stream(stream, self.key);
         }
     }
