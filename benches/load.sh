@@ -12,7 +12,8 @@
 # Knobs (environment): ROUNDS=5 DURATION=10 (s per wrk run) CONNS="64 1" MERCHANTS=1000
 # WARMUP=3 LOGS=on|off (access logs of both proxies) DUMMY_KEY=live_… (test_… makes the
 # gateway add testmode=true) STORM_N=1,100,1000 TOKEN_DELAY_MS=50 SCALE_MERCHANTS=100000
-# SCALE_ROUNDS=3 STORM_THREADS=2 (worker threads of the gateway in `storm`; with more than 1 the
+# SCALE_ROUNDS=3 SCALE_SETTLE=60 (s idle before the settled RSS of `scale`)
+# STORM_THREADS=2 (worker threads of the gateway in `storm`; with more than 1 the
 # gateway and the upstream may use every CPU, STORM_CPUS="0,1") CLIENTS=on (a [clients] entry for DUMMY_KEY: caller keys checked)
 # REPLICAS=3 REPLICA_MERCHANTS=20 REPLICA_LIFETIME=4 (s) REPLICA_CONNS=48 KEEP=1 (keep the work directory) GATEWAY_ENV="K=V …" (extra environment of
 # the gateway process, e.g. LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 to try an allocator).
@@ -29,6 +30,7 @@ MODE=${1:-ab}
 ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-10} CONNS=${CONNS:-"64 1"} WARMUP=${WARMUP:-3}
 MERCHANTS=${MERCHANTS:-1000} LOGS=${LOGS:-on} TOKEN_DELAY_MS=${TOKEN_DELAY_MS:-50}
 STORM_N=${STORM_N:-1,100,1000} SCALE_MERCHANTS=${SCALE_MERCHANTS:-100000} SCALE_ROUNDS=${SCALE_ROUNDS:-3}
+SCALE_SETTLE=${SCALE_SETTLE:-60}
 WRK_CPU=${WRK_CPU:-0} SERVER_CPU=${SERVER_CPU:-1}
 [ "$(nproc)" -ge 2 ] || { WRK_CPU=0 SERVER_CPU=0; }
 export TOKEN_SUFFIX=gatewaybench0123456789 DUMMY_KEY=${DUMMY_KEY:-live_gatewaygatewaygatewaygatewayga}
@@ -336,6 +338,10 @@ scale() {
       wrk -t1 -c64 -d10s --timeout 5s -s benches/rotate.lua "http://127.0.0.1:$GW" >/dev/null
   done
   local warmed; warmed=$(rss_kib "$GW_PID")
+  # The settled figure: the burst grew tokio's blocking pool (every refresh reads the file
+  # store), and its threads exit after 10 s idle, their allocator pages with them.
+  sleep "$SCALE_SETTLE"
+  local settled; settled=$(rss_kib "$GW_PID")
   local e b eb; e=$(printf '%s\n' "${re[@]}" | median); b=$(printf '%s\n' "${rb[@]}" | median)
   echo "Scale: $SCALE_MERCHANTS merchants in the file store ($(du -k "$WORK/big/credentials.json" | cut -f1) KiB), medians of $SCALE_ROUNDS starts:"
   echo
@@ -346,7 +352,9 @@ scale() {
     'BEGIN {printf "| %s merchants | %d | %.1f | %.1f |\n", ENVIRON["SCALE_MERCHANTS"], s, r / 1024, (r - e) / 1024}'
   eb=$(( $(upstream_stat token_calls) - calls0 ))
   awk -v r="$warmed" -v e="$e" -v n="$eb" \
-    'BEGIN {printf "| same, after %d token fetches (every token cached) | — | %.1f | %.1f |\n", n, r / 1024, (r - e) / 1024}'
+    'BEGIN {printf "| same, right after %d token fetches (every token cached) | — | %.1f | %.1f |\n", n, r / 1024, (r - e) / 1024}'
+  awk -v r="$settled" -v e="$e" -v t="$SCALE_SETTLE" \
+    'BEGIN {printf "| same, %d s idle later (settled) | — | %.1f | %.1f |\n", t, r / 1024, (r - e) / 1024}'
 }
 
 # Where the gateway's CPU goes at 64 connections: perf (cpu-clock samples with DWARF call

@@ -317,6 +317,17 @@ impl FileStore {
     }
 }
 
+/// What [`CredentialStore::list`] shows of a merchant (the map is sorted by id already).
+fn summary(id: &MerchantId, m: &StoredMerchant) -> super::MerchantSummary {
+    super::MerchantSummary {
+        id: id.clone(),
+        credential_kind: m.credential_kind(),
+        revoked: m.revoked,
+        removing: m.removing,
+        updated_at: m.updated_at,
+    }
+}
+
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(
     store: &Arc<FileStore>,
@@ -344,6 +355,28 @@ impl CredentialStore for Arc<FileStore> {
             // The file's bytes and its parse were freed on this (blocking-pool) thread.
             crate::memory::release_freed();
             Ok(all)
+        })
+        .await
+    }
+
+    /// From the in-memory copy, without cloning a secret.
+    async fn list(&self) -> Result<Vec<super::MerchantSummary>, StoreError> {
+        blocking(self, |s| {
+            let map = s.refresh_cache()?;
+            Ok(map.iter().map(|(id, m)| summary(id, m)).collect())
+        })
+        .await
+    }
+
+    /// From the in-memory copy: no record is copied (this runs every 30 s).
+    async fn removing(&self) -> Result<Vec<MerchantId>, StoreError> {
+        blocking(self, |s| {
+            let map = s.refresh_cache()?;
+            Ok(map
+                .iter()
+                .filter(|(_, m)| m.removing)
+                .map(|(id, _)| id.clone())
+                .collect())
         })
         .await
     }

@@ -136,3 +136,33 @@ async fn plaintext_is_sealed_on_write_and_a_wrong_key_is_refused_untouched() {
         Err(StoreError::Unsupported(_))
     ));
 }
+
+/// `list` and `removing` answer from the in-memory copy (no record copied), and see what
+/// another process wrote since.
+#[tokio::test]
+async fn list_and_removing_read_the_current_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("creds.json");
+    let store = FileStore::open(&path).unwrap();
+    for m in ["m3", "m1", "m2"] {
+        let stored = StoredMerchant::new(RefreshToken::new(format!("r-{m}")));
+        store.put(&id(m), &stored).await.unwrap();
+    }
+    assert!(store.removing().await.unwrap().is_empty());
+    // Another handle (another process, in effect) marks m2 for removal.
+    let other = FileStore::open(&path).unwrap();
+    let mut m2 = other.get(&id("m2")).await.unwrap().unwrap();
+    m2.removing = true;
+    m2.updated_at = 7;
+    other.put(&id("m2"), &m2).await.unwrap();
+    assert_eq!(store.removing().await.unwrap(), vec![id("m2")]);
+    let listed = store.list().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2", "m3"]);
+    assert!(listed[1].removing && !listed[0].removing && !listed[2].removing);
+    assert_eq!(listed[1].updated_at, 7);
+    assert_eq!(
+        listed[1].credential_kind,
+        crate::store::CredentialKind::Oauth
+    );
+}

@@ -5,7 +5,6 @@
 //! Must not: hold a slot guard across `.await`, or drop a cached token of a merchant whose
 //! stored authorization did not change.
 
-use super::shared::unix_ms;
 use super::{CachedToken, Slot, TokenManager};
 use crate::store::{StoreEvent, StoredMerchant};
 use crate::types::MerchantId;
@@ -78,14 +77,15 @@ impl TokenManager {
         let newer = slot
             .token
             .as_ref()
-            .is_none_or(|t| t.expires_at < token.expires_at);
+            .is_none_or(|t| t.expires_at_ms < token.expires_at_ms);
         if !newer || slot.revoked {
             return;
         }
         slot.token = Some(token.clone());
-        slot.seen_expiry_ms = slot.seen_expiry_ms.max(unix_ms(token.expires_at));
+        slot.seen_expiry_ms = slot.seen_expiry_ms.max(token.expires_at_ms);
+        let key = slot.key().clone();
         drop(slot);
-        self.schedule(token.times.background_at, token.id, id);
+        self.schedule(token.times.background_at, token.id, key);
     }
 
     async fn resync(&self) {

@@ -1,11 +1,10 @@
 //! What operators do to merchants (CLI, admin API, onboarding): store a refresh token or
 //! exchange an authorization code, remove, force a refresh, and read every merchant's state.
 
-use super::{BadAnswer, RefreshResult, Slot, TokenError, TokenManager};
+use super::{BadAnswer, Outcome, RefreshResult, Slot, TokenError, TokenManager};
 use crate::oauth::{Grant, OAuthError};
 use crate::store::{CredentialKind, StaticCredential, StoredMerchant};
 use crate::types::{MerchantId, RefreshToken, Secret};
-use std::time::SystemTime;
 use tokio::time::Instant;
 
 /// What an operator may see of a merchant (never a token).
@@ -38,7 +37,9 @@ impl TokenManager {
             if let Some(token) = slot.token.as_ref().filter(|t| t.is_static()) {
                 return Ok(token.clone());
             }
-            slot.backoff_until = None;
+            if let Some(failing) = slot.failing.as_mut() {
+                failing.until = None;
+            }
             match &slot.inflight {
                 Some(inflight) => inflight.result.clone(),
                 None => self.start_refresh(&mut slot, merchant, Instant::now()),
@@ -116,11 +117,14 @@ impl TokenManager {
             .ok_or(TokenError::BadResponse(BadAnswer::NoRefreshToken))?;
         self.add_refresh_token(merchant, refresh_token).await?;
         let token = self.make_token(set.access_token, set.expires_in, issued)?;
-        if let Some(mut slot) = self.inner.slots.get_mut(merchant) {
-            slot.token = Some(token.clone());
-            slot.last_refresh = Some((SystemTime::now(), "ok"));
-        }
-        self.schedule(token.times.background_at, token.id, merchant);
+        let Some(mut slot) = self.inner.slots.get_mut(merchant) else {
+            return Ok(());
+        };
+        slot.token = Some(token.clone());
+        slot.last_refresh = Outcome::Ok.now();
+        let key = slot.key().clone();
+        drop(slot);
+        self.schedule(token.times.background_at, token.id, key);
         Ok(())
     }
 
@@ -149,11 +153,6 @@ impl TokenManager {
         slots: impl Iterator<Item = (MerchantId, G)>,
     ) -> Vec<MerchantStatus> {
         let now = Instant::now();
-        let unix = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_secs())
-        };
         slots
             .map(|(id, s)| {
                 let state = if s.revoked {
@@ -171,9 +170,9 @@ impl TokenManager {
                     id,
                     credential_kind: kind,
                     state,
-                    access_token_expires_at: oauth_token.and_then(|t| unix(t.expires_at)),
-                    last_refresh_at: s.last_refresh.and_then(|(t, _)| unix(t)),
-                    last_refresh_outcome: s.last_refresh.map(|(_, o)| o),
+                    access_token_expires_at: oauth_token.map(|t| t.expires_at_ms / 1000),
+                    last_refresh_at: s.last_refresh.map(|(at, _)| at),
+                    last_refresh_outcome: s.last_refresh.map(|(_, o)| o.as_str()),
                 }
             })
             .collect()

@@ -9,7 +9,10 @@
 //! or install an access token whose rotated refresh token is not stored.
 
 use super::shared::{unix_ms, Turn};
-use super::{CachedToken, Inflight, RefreshResult, Slot, TokenError, TokenManager, Unavailable};
+use super::{
+    CachedToken, Failing, Inflight, Outcome, RefreshResult, Slot, TokenError, TokenManager,
+    Unavailable,
+};
 use crate::oauth::{Grant, OAuthError, TokenSet};
 use crate::store::StoreError;
 use crate::tokens::{token_times, BadAnswer};
@@ -227,7 +230,7 @@ impl TokenManager {
                 self.inner.policy.refresh_before_expiry,
                 fastrand::f64(),
             ),
-            expires_at: SystemTime::now() + lifetime.saturating_sub(issued.elapsed()),
+            expires_at_ms: unix_ms(SystemTime::now() + lifetime.saturating_sub(issued.elapsed())),
             kind: crate::store::CredentialKind::Oauth,
             live_api_key: false,
         }))
@@ -252,13 +255,12 @@ impl TokenManager {
         if slot.token.as_ref().is_none_or(|t| t.id < token.id) {
             slot.token = Some(token.clone());
         }
-        slot.seen_expiry_ms = slot.seen_expiry_ms.max(unix_ms(token.expires_at));
-        slot.failures = 0;
-        slot.backoff_until = None;
-        slot.last_error = None;
-        slot.last_refresh = Some((SystemTime::now(), "ok"));
+        slot.seen_expiry_ms = slot.seen_expiry_ms.max(token.expires_at_ms);
+        slot.failing = None;
+        slot.last_refresh = Outcome::Ok.now();
+        let key = slot.key().clone();
         drop(slot);
-        self.schedule(token.times.background_at, token.id, merchant);
+        self.schedule(token.times.background_at, token.id, key);
         Ok(token)
     }
 
@@ -274,21 +276,21 @@ impl TokenManager {
         let Some(mut slot) = self.end_inflight(merchant, id) else {
             return TokenError::UnknownMerchant;
         };
-        slot.failures = slot.failures.saturating_add(1);
-        let delay = self
-            .inner
-            .policy
-            .backoff
-            .delay(slot.failures, fastrand::f64());
+        let failures = slot.failing.as_ref().map_or(0, |f| f.count);
+        let failures = failures.saturating_add(1);
+        let delay = self.inner.policy.backoff.delay(failures, fastrand::f64());
         let now = Instant::now();
-        slot.backoff_until = Some(now + delay);
         let e = e.with_retry_after(delay);
-        slot.last_error = Some(Box::new(e.clone()));
-        slot.last_refresh = Some((SystemTime::now(), "failed"));
-        let retry = slot.token.as_ref().map(|t| t.id);
+        slot.failing = Some(Box::new(Failing {
+            count: failures,
+            until: Some(now + delay),
+            error: e.clone(),
+        }));
+        slot.last_refresh = Outcome::Failed.now();
+        let retry = slot.token.as_ref().map(|t| (t.id, slot.key().clone()));
         drop(slot);
-        if let Some(token_id) = retry {
-            self.schedule(now + delay, token_id, merchant);
+        if let Some((token_id, key)) = retry {
+            self.schedule(now + delay, token_id, key);
         }
         e
     }
@@ -304,7 +306,7 @@ impl TokenManager {
         }
         slot.revoked = true;
         slot.token = None;
-        slot.last_refresh = Some((SystemTime::now(), "invalid_grant"));
+        slot.last_refresh = Outcome::InvalidGrant.now();
         TokenError::Revoked
     }
 }

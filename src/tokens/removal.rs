@@ -289,15 +289,15 @@ impl TokenManager {
     /// Reads the store for `removing` records (another process may have left some) and
     /// stops serving them.
     async fn rescan_removing(&self) {
-        let Ok(all) = self.inner.store.list().await else {
+        let Ok(removing) = self.inner.store.removing().await else {
             return;
         };
-        for m in all.into_iter().filter(|m| m.removing) {
-            if self.inner.slots.remove(&m.id).is_some() {
+        for id in removing {
+            if self.inner.slots.remove(&id).is_some() {
                 let merchants = self.inner.slots.len() as i64;
                 self.inner.metrics.merchants.set(merchants);
             }
-            self.resume_removal(&m.id);
+            self.resume_removal(&id);
         }
     }
 }

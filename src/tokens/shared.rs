@@ -139,7 +139,7 @@ impl TokenManager {
     ) {
         let shared = SharedToken {
             access_token: access,
-            expires_at_ms: unix_ms(token.expires_at),
+            expires_at_ms: token.expires_at_ms,
             lifetime_ms: lifetime.as_millis() as u64,
         };
         let saved = self.inner.store.save_access_token(merchant, &shared).await;
