@@ -137,8 +137,8 @@ async fn plaintext_is_sealed_on_write_and_a_wrong_key_is_refused_untouched() {
     ));
 }
 
-/// `list` and `removing` answer from the in-memory copy (no record copied), and see what
-/// another process wrote since.
+/// `get`, `list` and `removing` answer from the in-memory copy (no record copied), and see
+/// what another process wrote since.
 #[tokio::test]
 async fn list_and_removing_read_the_current_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,6 +155,8 @@ async fn list_and_removing_read_the_current_file() {
     m2.removing = true;
     m2.updated_at = 7;
     other.put(&id("m2"), &m2).await.unwrap();
+    // `get` answers from the in-memory copy only while the file is unchanged.
+    assert!(store.get(&id("m2")).await.unwrap().unwrap().removing);
     assert_eq!(store.removing().await.unwrap(), vec![id("m2")]);
     let listed = store.list().await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
