@@ -393,8 +393,8 @@ impl CredentialStore for Arc<FileStore> {
     /// Every refresh reads its merchant's record. While the file is unchanged (a `stat` of a
     /// local file: microseconds) the record is copied from the in-memory copy on the calling
     /// thread; only a changed file is read on the blocking pool. Through the pool, a burst of
-    /// refreshes (100,000 merchants' first requests) grew it to over a hundred threads, each
-    /// leaving allocator pages behind when it exited (`benches/README.md`, Scale).
+    /// refreshes (100,000 merchants' first requests) grew it to over a hundred threads
+    /// (`benches/README.md`, Scale).
     async fn get(&self, id: &MerchantId) -> Result<Option<StoredMerchant>, StoreError> {
         if let Some(map) = self.current_cache() {
             return Ok(map.get(id).cloned());
